@@ -89,7 +89,8 @@ def cell_name(module: nn.Module) -> str:
     if isinstance(module, nn.RNNBase) and module.mode in _TORCH_MODES:
         return _TORCH_MODES[module.mode]
     raise TypeError(
-        f"module: expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}"
+        "module: expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU, "
+        f"got {type(module).__name__}"
     )
 
 
@@ -186,11 +187,13 @@ class Recurrent(nn.Module):
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 # Registration order equals torch's, so state_dict keys line up.
-                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size))]
+                shapes = [("weight_ih", (gate_size, layer_input)),
+                          ("weight_hh", (gate_size, hidden_size))]
                 if bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
                 for name, shape in shapes:
-                    self.register_parameter(name + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    parameter = nn.Parameter(torch.empty(shape, **factory))
+                    self.register_parameter(name + suffix, parameter)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -280,7 +283,6 @@ def run_unrolled(module: nn.Module, input, state=None):
     params = list(layer_weights(module))
     reference = params[0].weight_ih
     directions = 2 if module.bidirectional else 1
-    hidden = module.hidden_size
 
     packed = isinstance(input, PackedSequence)
     if packed:
@@ -356,7 +358,9 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
         else:
             live = spec.step(steps[t], tuple(s[:rows] for s in state), weights.weight_hh,
                              weights.bias_hh)
-            state = tuple(torch.cat((new, old[rows:])) for new, old in zip(live, state))
+            state = tuple(
+                torch.cat((new, old[rows:])) for new, old in zip(live, state, strict=True)
+            )
         outputs[t] = state[0][:rows]
     return (torch.cat(outputs) if packed else torch.stack(outputs)), state
 
@@ -397,9 +401,8 @@ def _initial_state(spec: CellSpec, module: nn.Module, state, batch: int, unbatch
         if not isinstance(state, Tensor):
             raise TypeError(f"state: a {spec.name} layer expects a Tensor h_0")
         parts = (state,)
-    names = ("h_0", "c_0")
     checked = []
-    for name, part in zip(names, parts):
+    for name, part in zip(("h_0", "c_0")[: len(parts)], parts, strict=True):
         expected = shape[:1] + shape[2:] if unbatched else shape
         if tuple(part.shape) != expected:
             raise ValueError(
