@@ -27,33 +27,43 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 State = tuple[Tensor, ...]  # (h,) for Elman and GRU cells, (h, c) for LSTM
+# step(gi, state, w_hh_t, b_hh) -> new state. gi = W_ih x_t + b_ih (+ b_hh where the
+# cell folds it in), 2-D [rows, gates * H]; w_hh_t is W_hh transposed, [H, gates * H].
 StepFn = Callable[[Tensor, State, Tensor, Tensor | None], State]
 
-
-def _rnn_tanh_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None) -> State:
-    return (torch.tanh(gi + F.linear(state[0], w_hh, b_hh)),)
-
-
-def _rnn_relu_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None) -> State:
-    return (torch.relu(gi + F.linear(state[0], w_hh, b_hh)),)
+# The step functions use as few autograd ops as the algebra allows (addmm,
+# addcmul, lerp): in an unrolled loop each op costs dispatch time at every step
+# in both passes, which outweighs the arithmetic at the sizes RNNs train at.
 
 
-def _lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None) -> State:
+def _rnn_tanh_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) -> State:
+    return (torch.tanh(torch.addmm(gi, state[0], w_hh_t)),)
+
+
+def _rnn_relu_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) -> State:
+    return (torch.relu(torch.addmm(gi, state[0], w_hh_t)),)
+
+
+def _lstm_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) -> State:
     h, c = state
-    i, f, g, o = (gi + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    gates = torch.addmm(gi, h, w_hh_t)
+    hidden = h.shape[1]
+    # One sigmoid over all four blocks (g's is unused) is cheaper than three.
+    i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
+    g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
+    c = torch.addcmul(f * c, i, g)
+    return o * torch.tanh(c), c
 
 
-def _gru_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None) -> State:
+def _gru_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) -> State:
     h = state[0]
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    # The reset gate multiplies W_hn h + b_hn, not h: torch's (and cuDNN's) form.
-    n = torch.tanh(i_n + r * h_n)
-    return ((1 - z) * n + z * h,)
+    hidden = h.shape[1]
+    gh = torch.addmm(b_hh, h, w_hh_t) if b_hh is not None else h @ w_hh_t
+    r, z = torch.sigmoid(gi[:, : 2 * hidden] + gh[:, : 2 * hidden]).chunk(2, dim=1)
+    # The reset gate multiplies W_hn h + b_hn, not h: torch's (and cuDNN's) form,
+    # which is also why b_hh cannot be folded into the input projection here.
+    n = torch.tanh(torch.addcmul(gi[:, 2 * hidden :], r, gh[:, 2 * hidden :]))
+    return (torch.lerp(n, h, z),)  # (1 - z) * n + z * h
 
 
 @dataclass(frozen=True)
@@ -66,13 +76,15 @@ class CellSpec:
     step: StepFn
     torch_class: type[nn.RNNBase]
     has_cell_state: bool = False
+    # b_hh enters only as a sum with b_ih, so it can join the input projection.
+    folds_recurrent_bias: bool = True
 
 
 CELLS: dict[str, CellSpec] = {
     "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), _rnn_tanh_step, nn.RNN),
     "rnn_relu": CellSpec("rnn_relu", 1, ("h",), _rnn_relu_step, nn.RNN),
     "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), _lstm_step, nn.LSTM, has_cell_state=True),
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), _gru_step, nn.GRU),
+    "gru": CellSpec("gru", 3, ("r", "z", "n"), _gru_step, nn.GRU, folds_recurrent_bias=False),
 }
 
 _TORCH_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
@@ -340,24 +352,31 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
     The input projection W_ih x_t + b_ih has no recurrence, so it is one matmul
     for the whole sequence; only W_hh h_{t-1} is computed step by step.
 
+        x_1 .. x_T ──W_ih──> gi_1 .. gi_T        (one matmul, all steps)
+                               │       │
+        h_0 ──step──> h_1 ──step──> h_2 ... h_T  (W_hh, one step at a time)
+
     Packed input is time-major with the longest sequences first, so at step t
     the first `active[t]` rows are live. Rows past their end keep their state
     (the forward direction's final state is taken at each sequence's own last
     step); in the reverse direction a row waits at its initial state until its
     last step comes round, which is where its backward pass begins.
     """
-    projected = F.linear(layer_input, weights.weight_ih, weights.bias_ih)
+    input_bias, step_bias = weights.bias_ih, weights.bias_hh
+    if spec.folds_recurrent_bias and step_bias is not None:
+        input_bias, step_bias = input_bias + step_bias, None
+    projected = F.linear(layer_input, weights.weight_ih, input_bias)
     steps = projected.split(active) if packed else projected.unbind(0)
+    w_hh_t = weights.weight_hh.t()
     batch = active[0]
     outputs: list[Tensor] = [None] * len(steps)  # type: ignore[list-item]
     order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
     for t in order:
         rows = active[t]
         if rows == batch:
-            state = spec.step(steps[t], state, weights.weight_hh, weights.bias_hh)
+            state = spec.step(steps[t], state, w_hh_t, step_bias)
         else:
-            live = spec.step(steps[t], tuple(s[:rows] for s in state), weights.weight_hh,
-                             weights.bias_hh)
+            live = spec.step(steps[t], tuple(s[:rows] for s in state), w_hh_t, step_bias)
             state = tuple(
                 torch.cat((new, old[rows:])) for new, old in zip(live, state, strict=True)
             )

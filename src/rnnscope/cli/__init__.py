@@ -1,0 +1,1 @@
+"""The `rnnscope` command line: one module per subcommand, registered in `main`."""

@@ -1,0 +1,49 @@
+"""Entry point of the `rnnscope` command: builds the parser and registers subcommands.
+
+Each subcommand lives in its own module in this package and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rnnscope import __version__
+
+# Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
+SUBCOMMANDS: tuple[str, ...] = ()
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnscope",
+        description="See how gradients flow back through time in recurrent networks, "
+        "diagnose vanishing and exploding gradients, and apply the remedies.",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnscope {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"rnnscope.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_OK
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        # Validation errors name the field and the accepted values in one line.
+        print(f"rnnscope: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
