@@ -80,12 +80,36 @@ def init_(model: nn.Module, scheme: str, **kw) -> nn.Module:
             )
         if getattr(module, "proj_size", 0):
             raise ValueError("proj_size: LSTM projections are not supported; accepted: 0")
+    # A scheme may find a problem part-way (a zero W_hh, a missing bias in the
+    # third layer); restore everything then, so a failed call changes nothing.
+    parameters = [p for _, module in layers for p in module.parameters()]
     with torch.no_grad():
-        for _, module in layers:
-            spec = CELLS[cell_name(module)]
-            for weights in layer_weights(module):
-                entry.apply(weights, spec, module.hidden_size, **kw)
+        saved = [p.clone() for p in parameters]
+        try:
+            for _, module in layers:
+                spec = CELLS[cell_name(module)]
+                for weights in layer_weights(module):
+                    entry.apply(weights, spec, module.hidden_size, **kw)
+        except Exception:
+            for p, old in zip(parameters, saved, strict=True):
+                p.copy_(old)
+            raise
     return model
+
+
+def _number(field: str, value, *, minimum: float | None = None, exclusive: bool = False) -> float:
+    """`value` as a finite float (numpy and 0-d tensor scalars too), else a one-line error."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    low_ok = minimum is None or (number > minimum if exclusive else number >= minimum)
+    if not (math.isfinite(number) and low_ok):
+        bound = "" if minimum is None else f" {'>' if exclusive else '>='} {minimum:g}"
+        raise ValueError(f"init.{field}: must be a finite number{bound}, got {value!r}")
+    return number
 
 
 def gate_blocks(weight: Tensor, spec: CellSpec) -> tuple[Tensor, ...]:
@@ -117,6 +141,7 @@ def torch_default(weights: LayerWeights, spec: CellSpec, hidden_size: int) -> No
 def xavier_uniform(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                    gain: float = 1.0) -> None:
     """Glorot & Bengio: U(-a, a), a = gain*sqrt(6/(fan_in+fan_out)) per gate block; zero biases."""
+    gain = _number("gain", gain)
     for w in (weights.weight_ih, weights.weight_hh):
         _per_block(w, spec, lambda b: nn.init.xavier_uniform_(b, gain=gain))
     _zero_biases(weights)
@@ -126,6 +151,7 @@ def xavier_uniform(weights: LayerWeights, spec: CellSpec, hidden_size: int,
 def xavier_normal(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                   gain: float = 1.0) -> None:
     """Glorot & Bengio: N(0, gain^2 * 2/(fan_in+fan_out)) per gate block; zero biases."""
+    gain = _number("gain", gain)
     for w in (weights.weight_ih, weights.weight_hh):
         _per_block(w, spec, lambda b: nn.init.xavier_normal_(b, gain=gain))
     _zero_biases(weights)
@@ -150,6 +176,7 @@ def orthogonal(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                gain: float = 1.0) -> None:
     """Saxe et al.: each gate block of W_hh a random orthogonal matrix times gain;
     W_ih Xavier-uniform per gate block; zero biases."""
+    gain = _number("gain", gain)
     _per_block(weights.weight_hh, spec, lambda b: nn.init.orthogonal_(b, gain=gain))
     _per_block(weights.weight_ih, spec, nn.init.xavier_uniform_)
     _zero_biases(weights)
@@ -159,6 +186,8 @@ def orthogonal(weights: LayerWeights, spec: CellSpec, hidden_size: int,
 def identity(weights: LayerWeights, spec: CellSpec, hidden_size: int, scale: float = 1.0,
              input_std: float = 0.001) -> None:
     """Le, Jaitly & Hinton (IRNN): W_hh = scale * I, W_ih ~ N(0, input_std^2), zero biases."""
+    scale = _number("scale", scale)
+    input_std = _number("input_std", input_std, minimum=0.0)
     weights.weight_hh.copy_(scale * torch.eye(hidden_size, dtype=weights.weight_hh.dtype))
     weights.weight_ih.normal_(0.0, input_std)
     _zero_biases(weights)
@@ -168,8 +197,7 @@ def identity(weights: LayerWeights, spec: CellSpec, hidden_size: int, scale: flo
 def spectral(weights: LayerWeights, spec: CellSpec, hidden_size: int,
              radius: float = 1.0) -> None:
     """Rescale each gate block of W_hh (as it stands) so its spectral radius equals `radius`."""
-    if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
-        raise ValueError(f"init.radius: must be a positive number, got {radius!r}")
+    radius = _number("radius", radius, minimum=0.0, exclusive=True)
     for block in gate_blocks(weights.weight_hh, spec):
         current = spectral_radius(block)
         if current == 0.0:
@@ -184,6 +212,7 @@ def spectral(weights: LayerWeights, spec: CellSpec, hidden_size: int,
 def forget_bias(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                 value: float = 1.0) -> None:
     """Gers et al.: the LSTM forget-gate bias set to `value` (b_ih + b_hh; half in each)."""
+    value = _number("value", value)
     _need_bias(weights, "forget_bias")
     for bias in (weights.bias_ih, weights.bias_hh):
         gate_blocks(bias, spec)[1].fill_(value / 2)
@@ -193,8 +222,7 @@ def forget_bias(weights: LayerWeights, spec: CellSpec, hidden_size: int,
 def chrono(weights: LayerWeights, spec: CellSpec, hidden_size: int, t_max: float = 100.0) -> None:
     """Tallec & Ollivier: forget bias log(U[1, t_max - 1]), input bias its negative
     (b_ih + b_hh; half in each). `t_max`: the longest dependency expected, > 2."""
-    if not (isinstance(t_max, (int, float)) and t_max > 2):
-        raise ValueError(f"init.t_max: must be a number greater than 2, got {t_max!r}")
+    t_max = _number("t_max", t_max, minimum=2.0, exclusive=True)
     _need_bias(weights, "chrono")
     forget = torch.empty(hidden_size, dtype=torch.float64).uniform_(1.0, t_max - 1.0).log_()
     for bias in (weights.bias_ih, weights.bias_hh):
