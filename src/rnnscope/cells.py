@@ -46,13 +46,12 @@ def _rnn_relu_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None
 
 def _lstm_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) -> State:
     h, c = state
-    gates = torch.addmm(gi, h, w_hh_t)
     hidden = h.shape[1]
-    # One sigmoid over all four blocks (g's is unused) is cheaper than three.
-    i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
-    g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-    c = torch.addcmul(f * c, i, g)
-    return o * torch.tanh(c), c
+    # i and f are adjacent in torch's order: one sigmoid covers both.
+    input_forget, g, o = torch.addmm(gi, h, w_hh_t).split([2 * hidden, hidden, hidden], dim=1)
+    i, f = torch.sigmoid(input_forget).chunk(2, dim=1)
+    c = torch.addcmul(f * c, i, torch.tanh(g))
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def _gru_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) -> State:
@@ -375,12 +374,13 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
         rows = active[t]
         if rows == batch:
             state = spec.step(steps[t], state, w_hh_t, step_bias)
+            outputs[t] = state[0]
         else:
             live = spec.step(steps[t], tuple(s[:rows] for s in state), w_hh_t, step_bias)
             state = tuple(
                 torch.cat((new, old[rows:])) for new, old in zip(live, state, strict=True)
             )
-        outputs[t] = state[0][:rows]
+            outputs[t] = live[0]
     return (torch.cat(outputs) if packed else torch.stack(outputs)), state
 
 
