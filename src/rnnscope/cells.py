@@ -284,11 +284,22 @@ def from_torch(module: nn.Module) -> Recurrent:
     return recurrent.train(module.training)
 
 
-def run_unrolled(module: nn.Module, input, state=None):
+# tap(layer, direction, shape, like) -> a zero tensor of `shape` (dtype and device of
+# `like`) that is added to the hidden outputs h_t of that layer and direction, or None.
+Tap = Callable[[int, int, tuple[int, ...], Tensor], Tensor | None]
+
+
+def run_unrolled(module: nn.Module, input, state=None, *, tap: Tap | None = None):
     """Run a recurrent module step by step with its own weights.
 
     Works on `Recurrent` and on torch's `nn.RNN`/`nn.LSTM`/`nn.GRU` (their
     parameters and attributes have the same names), with torch's semantics.
+
+    `tap` is how gradients through time are observed: it may return a zero
+    tensor shaped like the layer's hidden outputs ([T, B, H], or [N, H] for
+    packed input) that requires grad. It is added to each h_t before h_t is
+    used, by the next step and by the layer above alike, so the value is
+    unchanged and its .grad after backward is the total dL/dh_t for every step.
     """
     spec = CELLS[cell_name(module)]
     params = list(layer_weights(module))
@@ -321,8 +332,12 @@ def run_unrolled(module: nn.Module, input, state=None):
         for direction in range(directions):
             weights = params[layer * directions + direction]
             start = tuple(s[layer * directions + direction] for s in initial)
+            probe = None
+            if tap is not None:
+                shape = (*layer_input.shape[:-1], module.hidden_size)
+                probe = tap(layer, direction, shape, reference)
             out, final = _scan(spec, layer_input, start, weights, active,
-                               reverse=direction == 1, packed=packed)
+                               reverse=direction == 1, packed=packed, probe=probe)
             outputs.append(out)
             finals.append(final)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
@@ -345,7 +360,8 @@ def run_unrolled(module: nn.Module, input, state=None):
 
 
 def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeights,
-          active: list[int], *, reverse: bool, packed: bool) -> tuple[Tensor, State]:
+          active: list[int], *, reverse: bool, packed: bool,
+          probe: Tensor | None = None) -> tuple[Tensor, State]:
     """One layer, one direction, over all time steps.
 
     The input projection W_ih x_t + b_ih has no recurrence, so it is one matmul
@@ -367,6 +383,7 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
     projected = F.linear(layer_input, weights.weight_ih, input_bias)
     steps = projected.split(active) if packed else projected.unbind(0)
     w_hh_t = weights.weight_hh.t()
+    probes = None if probe is None else (probe.split(active) if packed else probe.unbind(0))
     batch = active[0]
     outputs: list[Tensor] = [None] * len(steps)  # type: ignore[list-item]
     order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
@@ -374,9 +391,13 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
         rows = active[t]
         if rows == batch:
             state = spec.step(steps[t], state, w_hh_t, step_bias)
+            if probes is not None:
+                state = (state[0] + probes[t], *state[1:])
             outputs[t] = state[0]
         else:
             live = spec.step(steps[t], tuple(s[:rows] for s in state), w_hh_t, step_bias)
+            if probes is not None:
+                live = (live[0] + probes[t], *live[1:])
             state = tuple(
                 torch.cat((new, old[rows:])) for new, old in zip(live, state, strict=True)
             )
