@@ -112,6 +112,25 @@ def _number(field: str, value, *, minimum: float | None = None, exclusive: bool 
     return number
 
 
+def parse_init_spec(spec: str) -> tuple[str, dict]:
+    """`"chrono:300"` -> `("chrono", {"t_max": 300.0})`: the value after the colon is the
+    scheme's first argument (t_max, radius, scale, value, gain or nonlinearity)."""
+    name, _, argument = spec.partition(":")
+    if name not in INIT_SCHEMES:
+        raise ValueError(f"init.scheme: unknown {name!r}; accepted: {', '.join(INIT_SCHEMES)}")
+    if not argument:
+        return name, {}
+    parameters = [p for p in inspect.signature(INIT_SCHEMES[name].apply).parameters
+                  if p not in ("weights", "spec", "hidden_size")]
+    if not parameters:
+        raise ValueError(f"init: scheme {name!r} takes no argument, got {spec!r}")
+    try:
+        value: float | str = float(argument)
+    except ValueError:
+        value = argument
+    return name, {parameters[0]: value}
+
+
 def gate_blocks(weight: Tensor, spec: CellSpec) -> tuple[Tensor, ...]:
     """Views of a stacked weight or bias, one per gate in torch's order."""
     return weight.chunk(spec.gates, dim=0)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from rnnscope.cells import find_recurrent, run_unrolled
+from rnnscope.numerics import subnormal_count
 
 
 @dataclass
@@ -40,7 +41,7 @@ class GradientFlow:
     reverse: list[bool]
     per_sample: Tensor | None = None  # [rows, T, B] when recorded with per_sample=True
     nonfinite: int = 0  # non-finite entries in any dL/dh_t
-    subnormal_fraction: float = 0.0  # of the nonzero entries of dL/dh_t
+    subnormal_fraction: float = 0.0  # of all entries of dL/dh_t (as probes.subnormal_fraction)
 
     @property
     def steps(self) -> int:
@@ -66,7 +67,7 @@ class _Capture:
     norms: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     samples: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     nonfinite: dict[tuple[int, int], Tensor] = field(default_factory=dict)
-    subnormal: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+    subnormal: dict[tuple[int, int], tuple[Tensor, int]] = field(default_factory=dict)
     probes: int = 0
 
     def tap(self, layer: int, direction: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -94,9 +95,7 @@ class _Capture:
                 padded, _ = pad_packed_sequence(packed, padding_value=float("nan"))
                 self.samples[key] = padded.squeeze(-1)
         self.nonfinite[key] = (~torch.isfinite(grad)).sum()
-        magnitude = grad.abs()
-        subnormal = ((magnitude > 0) & (magnitude < torch.finfo(grad.dtype).tiny)).sum()
-        self.subnormal[key] = (subnormal, (magnitude > 0).sum())
+        self.subnormal[key] = (subnormal_count(grad), grad.numel())
 
     @property
     def complete(self) -> bool:
@@ -185,7 +184,7 @@ def _assemble(captures: list[_Capture]) -> GradientFlow:
     names, reverse, rows, samples = [], [], [], []
     nonfinite = torch.zeros((), dtype=torch.long)
     subnormal = torch.zeros((), dtype=torch.long)
-    nonzero = torch.zeros((), dtype=torch.long)
+    entries = 0
     for capture in captures:
         for (layer, direction), norms in sorted(capture.norms.items()):
             prefix = f"{capture.name}." if capture.name else ""
@@ -196,7 +195,7 @@ def _assemble(captures: list[_Capture]) -> GradientFlow:
                 samples.append(capture.samples[(layer, direction)].cpu())
             nonfinite = nonfinite + capture.nonfinite[(layer, direction)].cpu()
             count, of = capture.subnormal[(layer, direction)]
-            subnormal, nonzero = subnormal + count.cpu(), nonzero + of.cpu()
+            subnormal, entries = subnormal + count.cpu(), entries + of
     steps = max(len(r) for r in rows)
     norms = torch.full((len(rows), steps), float("nan"), dtype=torch.float64)
     for i, row in enumerate(rows):
@@ -208,5 +207,5 @@ def _assemble(captures: list[_Capture]) -> GradientFlow:
         for i, s in enumerate(samples):
             per_sample[i, : s.shape[0], : s.shape[1]] = s
     # One host read per assembled flow, not per step.
-    fraction = (subnormal / nonzero).item() if nonzero.item() else 0.0
+    fraction = subnormal.item() / entries if entries else 0.0
     return GradientFlow(norms, names, reverse, per_sample, int(nonfinite.item()), fraction)

@@ -1,0 +1,44 @@
+"""The adding problem (Hochreiter & Schmidhuber 1997; the uRNN / IRNN papers' version).
+
+Input [T, B, 2]: channel 0 ~ U[0, 1]; channel 1 marks exactly two steps, one at
+randint(0, T//2) and one at T//2 + randint(0, T//2). Target: the sum of the two
+marked values. Loss: MSE on the last step only. Always predicting 1 gives
+MSE 1/6 (the variance of a sum of two U[0, 1]); "solved" is MSE < 0.01.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnscope.tasks import register_task
+from rnnscope.tasks.base import Task
+
+
+@register_task("adding")
+class AddingTask(Task):
+    input_size = 2
+    output_size = 1
+    metric_name = "mse"
+    baseline = 1.0 / 6.0
+    solved_below = 0.01
+
+    def __init__(self, seq_len: int = 200) -> None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+            raise ValueError(f"task.seq_len: must be an integer >= 2, got {seq_len!r}")
+        self.seq_len = seq_len
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        steps, half = self.seq_len, self.seq_len // 2
+        values = torch.rand(steps, batch_size, generator=generator)
+        first = torch.randint(0, half, (batch_size,), generator=generator)
+        second = half + torch.randint(0, half, (batch_size,), generator=generator)
+        columns = torch.arange(batch_size)
+        markers = torch.zeros(steps, batch_size)
+        markers[first, columns] = 1.0
+        markers[second, columns] = 1.0
+        target = values[first, columns] + values[second, columns]
+        return torch.stack([values, markers], dim=-1), target.unsqueeze(-1)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return torch.nn.functional.mse_loss(output[-1], target)
