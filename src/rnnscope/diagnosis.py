@@ -30,6 +30,7 @@ from rnnscope.recording import GradientFlow, Recorder
 REACH_THRESHOLD = 1e-3  # "reached" while within this fraction of the largest norm
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite")
+LYAPUNOV_SAMPLES = 4  # sequences of the recorded batch used for the Lyapunov exponent
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,16 @@ class Diagnosis:
                 "within a factor 1000 of its peak")
 
 
-def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None) -> Diagnosis:
+def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
+             current: dict[str, str] | None = None) -> Diagnosis:
     """Verdict, reach, rate, evidence and ranked fixes for a recorded gradient flow.
 
     Given the `Recorder` (not only its flow), the evidence also holds the total
     parameter-gradient norm, the spectral radius of W_hh and the largest
     Lyapunov exponent of the first recurrent layer along the recorded input.
-    `lr`, when known, makes the learning-rate fix an exact value.
+    `lr`, when known, makes the learning-rate fix an exact value. `current` holds
+    the settings in force as CLI flags (e.g. `{"cell": "lstm", "init": "chrono:200"}`);
+    a fix that would change nothing is left out.
     """
     recorder = rec_or_flow if isinstance(rec_or_flow, Recorder) else None
     flow = recorder.flow if recorder is not None else rec_or_flow
@@ -131,9 +135,12 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None) -
         cell = cell_name(recorder.layers[0][1])
         evidence["cell"] = cell
         evidence.update(_model_evidence(recorder))
+    current = dict(current or {})
+    cell = cell or current.get("cell")
     fixes = rank_fixes(verdict, cell=cell, steps=flow.steps, reach=reach,
                        growth=float(evidence["growth"]),
                        grad_norm=evidence.get("grad_norm_total"), lr=lr)
+    fixes = [f for f in fixes if any(current.get(k) != v for k, v in f.change.items())]
     return Diagnosis(verdict, reach, rate, flow.steps, evidence, fixes)
 
 
@@ -192,7 +199,12 @@ def _model_evidence(recorder: Recorder) -> dict[str, float]:
         evidence["spectral_radius_max"] = max(radii.values())
     capture = recorder.captures.get(name)
     if capture is not None and isinstance(capture.input, Tensor):
-        exponents = dynamics.lyapunov(module, capture.input, k=1)
+        # Full step Jacobians cost T x B x S^2; a few sequences estimate the top exponent.
+        inputs = capture.input
+        if inputs.dim() == 3:
+            inputs = inputs[:, :LYAPUNOV_SAMPLES] if not module.batch_first \
+                else inputs[:LYAPUNOV_SAMPLES]
+        exponents = dynamics.lyapunov(module, inputs, k=1)
         evidence["lyapunov_max"] = float(exponents[0])
     return evidence
 

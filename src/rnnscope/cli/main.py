@@ -13,7 +13,7 @@ import sys
 from rnnscope import __version__
 
 # Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("diagnose",)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -1,0 +1,1 @@
+"""Figures and reports; they read recorded data, never the live training loop."""
