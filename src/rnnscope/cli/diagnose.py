@@ -117,10 +117,13 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
         state = state["model"]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: {path} holds no state_dict")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint: {path} does not fit the model built from --cell/--hidden/--layers "
-            f"(missing: {', '.join(missing) or 'none'}; unexpected: "
-            f"{', '.join(unexpected) or 'none'})"
-        )
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} has shape {tuple(state[k].shape)}, the model {tuple(v.shape)}"
+                 for k, v in expected.items()
+                 if k in state and getattr(state[k], "shape", None) != v.shape]
+    if problems:
+        raise ValueError(f"checkpoint: {path} does not fit the model built from --cell, "
+                         f"--hidden and --layers: {'; '.join(problems[:3])}")
+    model.load_state_dict(state)
