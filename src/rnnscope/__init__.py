@@ -5,9 +5,13 @@ Public API (names other code relies on; see DESIGN.md):
 - `Recurrent`, `from_torch`: unrolled cells with torch's names and semantics.
 - `init_`: named initialisation schemes for recurrent layers.
 - `record`, `GradientFlow`: dL/dh_t for every recurrent layer and step.
+- `diagnose` -> `Diagnosis`: verdict, reach, rate, evidence and ranked fixes.
+- `lyapunov`: the largest Lyapunov exponents of a recurrent layer along a trajectory.
 """
 
 from rnnscope.cells import CELLS, Recurrent, find_recurrent, from_torch, run_unrolled
+from rnnscope.diagnosis import Diagnosis, Fix, diagnose
+from rnnscope.dynamics import lyapunov
 from rnnscope.init import INIT_SCHEMES, init_
 from rnnscope.recording import GradientFlow, Recorder, record
 
@@ -15,13 +19,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CELLS",
+    "Diagnosis",
+    "Fix",
     "GradientFlow",
     "Recorder",
     "INIT_SCHEMES",
     "Recurrent",
+    "diagnose",
     "find_recurrent",
     "from_torch",
     "init_",
+    "lyapunov",
     "record",
     "run_unrolled",
     "__version__",

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from rnnscope import dynamics
 from rnnscope.cells import cell_name
 from rnnscope.recording import GradientFlow, Recorder
 
 REACH_THRESHOLD = 1e-3  # "reached" while within this fraction of the largest norm
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite")
-LYAPUNOV_SAMPLES = 4  # sequences of the recorded batch used for the Lyapunov exponent
+LYAPUNOV_SAMPLES = 2  # sequences of the recorded batch used for the Lyapunov exponent
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,6 @@ def _profile_stats(profile: Tensor) -> _RowStats:
 
 def _model_evidence(recorder: Recorder) -> dict[str, float]:
     """Numbers that need the model: parameter-gradient norm, spectral radius, Lyapunov."""
-    from rnnscope import dynamics  # layer 3, imported here to keep diagnosis importable alone
-
     evidence: dict[str, float] = {}
     grads = [p.grad.detach() for p in recorder.model.parameters() if p.grad is not None]
     if grads:

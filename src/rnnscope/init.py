@@ -218,7 +218,7 @@ def spectral(weights: LayerWeights, spec: CellSpec, hidden_size: int,
     """Rescale each gate block of W_hh (as it stands) so its spectral radius equals `radius`."""
     radius = _number("radius", radius, minimum=0.0, exclusive=True)
     for block in gate_blocks(weights.weight_hh, spec):
-        current = spectral_radius(block)
+        current = matrix_spectral_radius(block)
         if current == 0.0:
             raise ValueError(
                 "init.radius: W_hh has spectral radius 0, so it cannot be rescaled; "
@@ -255,6 +255,6 @@ def _need_bias(weights: LayerWeights, scheme: str) -> None:
         raise ValueError(f"init.scheme: {scheme!r} sets gate biases, but the model has bias=False")
 
 
-def spectral_radius(matrix: Tensor) -> float:
+def matrix_spectral_radius(matrix: Tensor) -> float:
     """Largest absolute eigenvalue of a square matrix, computed in float64."""
     return torch.linalg.eigvals(matrix.detach().double()).abs().max().item()
