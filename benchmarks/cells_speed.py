@@ -17,6 +17,7 @@ import time
 import torch
 
 import rnnscope
+from rnnscope.numerics import flush_denormal
 
 
 def time_step(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
-    torch.set_flush_denormal(True)
+    flush_denormal(True)  # on every worker thread, not only this one
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -39,9 +39,14 @@ def test_quickstart_example_shows_vanishing_and_remedies():
     assert result.returncode == 0, result.stderr
     parity = float(re.search(r"max difference: (\S+)", result.stdout).group(1))
     assert parity < 1e-12
-    rows = {line[:34].strip(): [float(v) for v in line[34:].split()]
-            for line in result.stdout.splitlines() if re.match(r"^(tanh|relu|LSTM|GRU)", line)}
+    rows = {}
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
+            rows[(fields[0], fields[1])] = (fields[2], int(fields[3]))
     assert len(rows) == 7
-    # At 50 steps back the tanh RNN's gradient has vanished; the IRNN's has not.
-    assert rows["tanh RNN, torch default init"][-1] < 1e-3
-    assert rows["relu RNN, identity init (IRNN)"][-1] > 1e-1
+    assert rows[("rnn_tanh", "torch_default")][0] == "vanishing"
+    assert rows[("rnn_tanh", "torch_default")][1] < 30
+    assert rows[("rnn_relu", "spectral:3.0")][0] == "exploding"
+    assert rows[("rnn_relu", "identity:1.0")] == ("healthy", 60)
+    assert rows[("lstm", "chrono:60")][1] > rows[("lstm", "forget_bias:1.0")][1] + 20

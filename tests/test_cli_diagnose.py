@@ -11,6 +11,7 @@ import torch
 
 from rnnscope.cli.main import main
 from rnnscope.model import SequenceModel
+from rnnscope.numerics import flush_denormal
 
 SMALL = ["--seq-len", "60", "--hidden", "16", "--batch", "8"]
 
@@ -18,7 +19,7 @@ SMALL = ["--seq-len", "60", "--hidden", "16", "--batch", "8"]
 @pytest.fixture(autouse=True)
 def restore_flush():
     yield
-    torch.set_flush_denormal(False)
+    flush_denormal(False)
 
 
 def test_real_entry_point_prints_verdict_and_writes_files(tmp_path):

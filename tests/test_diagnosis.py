@@ -10,6 +10,7 @@ import torch
 import rnnscope
 from rnnscope.diagnosis import REACH_THRESHOLD, diagnose
 from rnnscope.model import SequenceModel
+from rnnscope.numerics import flush_denormal
 from rnnscope.recording import GradientFlow
 from rnnscope.tasks import get_task
 
@@ -59,7 +60,11 @@ def test_fixes_skip_what_is_already_set_and_render_as_flags():
     flow = flow_from_profile([0.8**s for s in range(200)])
     fixes = diagnose(flow, current={"cell": "lstm", "init": "chrono:200"}).fixes
     assert all(fix.change != {"init": "chrono:200"} for fix in fixes)
-    assert fixes[0].cli == "--init=forget_bias:1.0"
+    # chrono's forget biases are already above 1: forget_bias:1.0 would be a step back
+    assert all(fix.change != {"init": "forget_bias:1.0"} for fix in fixes)
+    assert fixes[0].cli == "--init=orthogonal"
+    fixes = diagnose(flow, current={"cell": "lstm", "init": "forget_bias:1.0"}).fixes
+    assert fixes[0].cli == "--init=chrono:200"
     truncation = [f for f in fixes if "bptt.window" in f.change]
     assert truncation and truncation[0].change["bptt.window"] == "31"  # the reach
     text = str(diagnose(flow, current={"cell": "rnn_tanh"}))
@@ -96,11 +101,9 @@ def recorded(cell, init, seq_len, *, hidden=64, seed=0, train_steps=0):
 
 @pytest.fixture(autouse=True)
 def flush_subnormals():
-    previous = torch.get_default_dtype()
-    torch.set_flush_denormal(True)
+    flush_denormal(True)
     yield
-    torch.set_flush_denormal(False)
-    torch.set_default_dtype(previous)
+    flush_denormal(False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -122,6 +125,15 @@ def test_relu_rnn_with_spectral_radius_3_explodes():
     assert result.evidence["lyapunov_max"] > 0
     threshold = float(result.fixes[0].change["clip"].split(":")[1])
     assert 0 < threshold < result.evidence["grad_norm_total"]
+
+
+def test_overflow_from_explosive_weights_puts_the_cause_first():
+    rec = recorded("rnn_relu", "spectral:3.0", 200)  # 3^200 overflows float32 going forward
+    result = diagnose(rec)
+    assert result.verdict == "nonfinite"
+    assert result.evidence["lyapunov_max"] > 0
+    assert result.fixes[0].change == {"init": "spectral:1.0"}
+    assert {"guard": "rollback"} in [f.change for f in result.fixes]
 
 
 def test_injected_nan_is_nonfinite():

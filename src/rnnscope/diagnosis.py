@@ -140,7 +140,9 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     cell = cell or current.get("cell")
     fixes = rank_fixes(verdict, cell=cell, steps=flow.steps, reach=reach,
                        growth=float(evidence["growth"]),
-                       grad_norm=evidence.get("grad_norm_total"), lr=lr)
+                       grad_norm=evidence.get("grad_norm_total"), lr=lr,
+                       init=current.get("init"),
+                       explosive=float(evidence.get("lyapunov_max", -1.0)) > 0)
     fixes = [f for f in fixes if any(current.get(k) != v for k, v in f.change.items())]
     return Diagnosis(verdict, reach, rate, flow.steps, evidence, fixes)
 
@@ -209,13 +211,19 @@ def _model_evidence(recorder: Recorder) -> dict[str, float]:
 
 
 def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth: float,
-               grad_norm: float | None = None, lr: float | None = None) -> list[Fix]:
-    """The seeds' remedies that address `verdict`, most effective first."""
+               grad_norm: float | None = None, lr: float | None = None,
+               init: str | None = None, explosive: bool = False) -> list[Fix]:
+    """The seeds' remedies that address `verdict`, most effective first.
+
+    `init` is the scheme in force (e.g. "chrono:200"); `explosive` says the
+    dynamics themselves grow (top Lyapunov exponent > 0), which for a
+    non-finite verdict puts the cause (the weights) before the guard.
+    """
     if verdict == "healthy":
         return []
     smaller_lr = {"lr": f"{lr / 10:g}"} if lr else {"lr": "<a tenth of the current>"}
     if verdict == "nonfinite":
-        return [
+        fixes = [
             Fix("NaN guard", "restore the last finite weights, halve the learning rate and go "
                 "on, instead of spreading NaN into every weight", {"guard": "rollback"}),
             Fix("gradient clipping", "NaN usually follows an overflow that clipping by the "
@@ -223,6 +231,11 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
             Fix("smaller learning rate", "a smaller step keeps weights out of the region "
                 "where activations overflow", smaller_lr),
         ]
+        if explosive:
+            fixes.insert(0, Fix("smaller initial recurrent weights", "the state dynamics "
+                                "grow (top Lyapunov exponent > 0) until activations overflow; "
+                                "spectral radius 1 stops the growth", {"init": "spectral:1.0"}))
+        return fixes
     if verdict == "exploding":
         threshold = _clip_threshold(grad_norm, growth)
         fixes = [
@@ -250,8 +263,9 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
         fixes.append(Fix("chrono init", f"forget-gate biases log U[1, {steps - 1}] make the "
                          f"cell remember over the {steps} steps the task spans",
                          {"init": chrono}))
-        fixes.append(Fix("forget-gate bias 1", "forget gates start open (sigmoid(1) ~ 0.73) "
-                         "instead of half shut", {"init": "forget_bias:1.0"}))
+        if not (init or "").startswith("chrono"):  # chrono's forget biases are already larger
+            fixes.append(Fix("forget-gate bias 1", "forget gates start open (sigmoid(1) ~ "
+                             "0.73) instead of half shut", {"init": "forget_bias:1.0"}))
     if cell in (None, "rnn_tanh"):
         fixes.append(Fix("ReLU units with identity init (IRNN)", "W_hh = I and ReLU pass the "
                          "gradient back unchanged while units are active",
@@ -273,7 +287,8 @@ def _clip_threshold(grad_norm: float | None, growth: float) -> float:
     """One significant digit of the gradient norm without its growth through time."""
     if not grad_norm or not math.isfinite(grad_norm) or not math.isfinite(growth):
         return 1.0
-    estimate = min(max(grad_norm / max(growth, 1.0), 1e-2), 1e2)
+    # Capped at 1.0, the threshold of the classic long-range results (TASKS.md).
+    estimate = min(max(grad_norm / max(growth, 1.0), 1e-2), 1.0)
     digits = 10 ** math.floor(math.log10(estimate))
     return round(estimate / digits) * digits
 
