@@ -18,6 +18,7 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
     os.close(descriptor)
+    os.chmod(temporary, 0o644)  # mkstemp makes files private; results are for sharing
     try:
         yield Path(temporary)
         os.replace(temporary, path)
