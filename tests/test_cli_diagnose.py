@@ -74,18 +74,42 @@ def test_checkpoint_weights_are_used(tmp_path, capsys):
     (["--checkpoint", "missing.pt"], "checkpoint: no such file"),
     (["--checkpoint", "garbage.pt"], "checkpoint: cannot read"),
     (["--checkpoint", "other.pt"], "checkpoint: "),
+    (["--seq-len", "abc"], "argument --seq-len: invalid int value: 'abc'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, message):
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
     torch.save(SequenceModel("gru", 2, 16, 1).state_dict(), tmp_path / "other.pt")
     extra = [str(tmp_path / e) if e.endswith(".pt") else e for e in extra]
     out = tmp_path / "out"
-    code = main(["diagnose", *SMALL, "--out", str(out), *extra])
+    try:
+        code = main(["diagnose", *SMALL, "--out", str(out), *extra])
+    except SystemExit as exit_info:  # argparse's own errors exit from inside parse_args
+        code = exit_info.code
     error = capsys.readouterr().err
     assert code == 2
     assert error.count("\n") == 1 and message in error, error
     assert "Traceback" not in error
     assert not out.exists()
+
+
+def test_out_that_is_a_file_is_bad_input(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    code = main(["diagnose", *SMALL, "--out", str(tmp_path / "taken")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "out: " in error
+
+
+def test_nonfinite_case_writes_strict_json(tmp_path, capsys):
+    code = main(["diagnose", "--cell", "rnn_relu", "--init", "spectral:3.0", "--seq-len", "200",
+                 "--hidden", "16", "--batch", "4", "--json", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out,
+                         parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert summary["verdict"] == "nonfinite"
+    saved = json.loads((tmp_path / "diagnosis.json").read_text(),
+                       parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert saved["verdict"] == "nonfinite"
 
 
 def test_help_has_worked_examples(capsys):

@@ -45,15 +45,22 @@ def test_flat_profile_is_healthy_and_needs_no_fix():
     assert (result.verdict, result.reach, result.fixes) == ("healthy", 50, [])
 
 
-def test_nonfinite_values_win_over_everything():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_norms_win_over_everything(bad):
     profile = [0.5**s for s in range(30)]
-    profile[3] = float("nan")
-    profile[4] = float("inf")
-    flow = flow_from_profile(profile)
-    flow.nonfinite = 2
-    result = diagnose(flow)
-    assert result.verdict == "nonfinite"
+    profile[3] = bad
+    result = diagnose(flow_from_profile(profile))  # flow.nonfinite is 0: norms alone tell
+    assert result.verdict == "nonfinite" and result.evidence["nonfinite"] == 1
     assert result.fixes[0].change == {"guard": "rollback"}
+
+
+def test_nan_padding_of_a_shorter_row_is_not_nonfinite():
+    long_row = torch.tensor([0.9**s for s in range(40)], dtype=torch.float64).flip(0)
+    short_row = torch.full((40,), float("nan"), dtype=torch.float64)
+    short_row[:25] = torch.tensor([0.9**s for s in range(25)], dtype=torch.float64).flip(0)
+    flow = GradientFlow(torch.stack([long_row, short_row]), ["a.l0", "b.l0"], [False, False])
+    result = diagnose(flow)
+    assert result.verdict == "healthy" and result.evidence["nonfinite"] == 0
 
 
 def test_fixes_skip_what_is_already_set_and_render_as_flags():

@@ -84,15 +84,12 @@ def reference_norms(model, cell, x, lengths):
     flat = [h for k in keys for hs in kept[k] for h in hs]
     grads = iter(torch.autograd.grad(loss, flat, allow_unused=True, materialize_grads=True))
     steps = max(lengths)
-    rows = []
-    for k in keys:
-        total, count = torch.zeros(steps, dtype=torch.float64), torch.zeros(steps)
-        for hs in kept[k]:
+    per_sample = torch.full((len(keys), steps, len(lengths)), float("nan"), dtype=torch.float64)
+    for row, k in enumerate(keys):
+        for b, hs in enumerate(kept[k]):
             for t in range(len(hs)):
-                total[t] += next(grads).norm()
-                count[t] += 1
-        rows.append(total / count)
-    return loss, torch.stack(rows)
+                per_sample[row, t, b] = next(grads).norm()
+    return loss, per_sample.nanmean(dim=2), per_sample
 
 
 @st.composite
@@ -105,6 +102,7 @@ def setups(draw):
         "batch": draw(st.integers(1, 3)),
         "steps": draw(st.integers(1, 8)),
         "loss_on": draw(st.sampled_from(["last", "every", "packed"])),
+        "batch_first": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -114,16 +112,19 @@ def setups(draw):
 def test_flow_equals_autograd_on_kept_hidden_states(setup):
     torch.manual_seed(setup["seed"])
     cell, batch, steps = setup["cell"], setup["batch"], setup["steps"]
-    model = Model(build(cell, 3, setup["hidden"], setup["layers"], setup["bidirectional"]),
+    batch_first = setup["batch_first"]
+    model = Model(build(cell, 3, setup["hidden"], setup["layers"], setup["bidirectional"],
+                        batch_first=batch_first),
                   "every" if setup["loss_on"] == "packed" else setup["loss_on"])
     x = torch.randn(steps, batch, 3, dtype=torch.float64)
     lengths = [steps] * batch
-    model_input = x
+    model_input = x.transpose(0, 1) if batch_first else x
     if setup["loss_on"] == "packed":
         lengths = torch.randint(1, steps + 1, (batch,)).tolist()
-        model_input = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
-    expected_loss, expected = reference_norms(model, cell, x, lengths)
-    with record(model) as rec:
+        model_input = pack_padded_sequence(model_input, torch.tensor(lengths),
+                                           batch_first=batch_first, enforce_sorted=False)
+    expected_loss, expected, expected_samples = reference_norms(model, cell, x, lengths)
+    with record(model, per_sample=True) as rec:
         loss = model(model_input)
         loss.backward()
     assert abs(loss.item() - expected_loss.item()) <= 1e-10 * abs(expected_loss.item())
@@ -132,6 +133,8 @@ def test_flow_equals_autograd_on_kept_hidden_states(setup):
     assert flow.norms.shape == (setup["layers"] * directions, max(lengths))
     assert flow.layers[: 1 + directions - 1] == ["rnn.l0", "rnn.l0_reverse"][:directions]
     torch.testing.assert_close(flow.norms, expected, rtol=1e-10, atol=1e-300)
+    torch.testing.assert_close(flow.per_sample, expected_samples, rtol=1e-10, atol=1e-300,
+                               equal_nan=True)
 
 
 @pytest.mark.parametrize("cell", sorted(MODULES))
@@ -176,6 +179,55 @@ def test_every_n_records_only_every_nth_call():
     distinct = [c for i, c in enumerate(recorded) if i == 0 or c is not recorded[i - 1]]
     assert len(distinct) == 3  # calls 0, 3 and 6
     assert rec.calls["rnn"] == 7
+
+
+def test_gradients_of_several_backward_passes_add_up():
+    torch.manual_seed(0)
+    model = Model(build("gru", 3, 4, 1, False), "every")
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    _, expected, _ = reference_norms(model, "gru", x, [6, 6])
+    with record(model) as rec:
+        loss = model(x)
+        (0.25 * loss).backward(retain_graph=True)
+        (0.75 * loss).backward()
+    torch.testing.assert_close(rec.flow.norms, expected, rtol=1e-10, atol=0)
+
+
+def test_autograd_grad_with_parameter_inputs_is_recorded():
+    torch.manual_seed(0)
+    model = Model(build("lstm", 3, 4, 1, False), "last")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    _, expected, _ = reference_norms(model, "lstm", x, [5, 5])
+    with record(model) as rec:
+        torch.autograd.grad(model(x), list(model.parameters()))
+    torch.testing.assert_close(rec.flow.norms, expected, rtol=1e-10, atol=0)
+
+
+def test_later_forward_passes_keep_the_finished_record():
+    torch.manual_seed(0)
+    model = Model(build("rnn_tanh", 3, 4, 1, False), "last")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    _, expected, _ = reference_norms(model, "rnn_tanh", x, [5, 5])
+    with record(model) as rec:
+        model(x).backward()
+        with torch.no_grad():
+            model(torch.randn(9, 2, 3, dtype=torch.float64))  # not recorded, not counted
+        model(torch.randn(7, 2, 3, dtype=torch.float64))  # recorded, never backpropagated
+    assert rec.calls["rnn"] == 2
+    torch.testing.assert_close(rec.flow.norms, expected, rtol=1e-10, atol=0)
+
+
+def test_a_recorder_cannot_be_entered_twice():
+    model = nn.GRU(2, 3)
+    rec = record(model)
+    with rec, pytest.raises(RuntimeError, match="already active"), rec:
+        pass
+    assert "forward" not in model.__dict__
+
+
+def test_lstm_projections_are_refused_by_name():
+    with pytest.raises(ValueError, match="^proj_size"):
+        record(nn.LSTM(3, 4, proj_size=2))
 
 
 def test_nested_layers_of_both_kinds_and_per_sample_norms():

@@ -98,6 +98,9 @@ def cell_name(module: nn.Module) -> str:
     if isinstance(module, Recurrent):
         return module.cell
     if isinstance(module, nn.RNNBase) and module.mode in _TORCH_MODES:
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"proj_size: LSTM projections are not supported "
+                             f"(got proj_size={module.proj_size}); accepted: 0")
         return _TORCH_MODES[module.mode]
     raise TypeError(
         "module: expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU, "
@@ -284,9 +287,10 @@ def from_torch(module: nn.Module) -> Recurrent:
     return recurrent.train(module.training)
 
 
-# tap(layer, direction, shape, like) -> a zero tensor of `shape` (dtype and device of
-# `like`) that is added to the hidden outputs h_t of that layer and direction, or None.
-Tap = Callable[[int, int, tuple[int, ...], Tensor], Tensor | None]
+# tap(layer, direction) -> observe(t, h_t) or None: called with every hidden output h_t
+# of that layer and direction as soon as it is computed (before anything uses it).
+Observer = Callable[[int, Tensor], None]
+Tap = Callable[[int, int], Observer | None]
 
 
 def run_unrolled(module: nn.Module, input, state=None, *, tap: Tap | None = None):
@@ -295,11 +299,10 @@ def run_unrolled(module: nn.Module, input, state=None, *, tap: Tap | None = None
     Works on `Recurrent` and on torch's `nn.RNN`/`nn.LSTM`/`nn.GRU` (their
     parameters and attributes have the same names), with torch's semantics.
 
-    `tap` is how gradients through time are observed: it may return a zero
-    tensor shaped like the layer's hidden outputs ([T, B, H], or [N, H] for
-    packed input) that requires grad. It is added to each h_t before h_t is
-    used, by the next step and by the layer above alike, so the value is
-    unchanged and its .grad after backward is the total dL/dh_t for every step.
+    `tap` is how gradients through time are observed: for each layer and
+    direction it may return `observe(t, h_t)`, which sees every hidden output
+    h_t (the rows live at step t) while it is still an ordinary tensor of the
+    graph; a tensor hook there receives the total dL/dh_t in backward.
     """
     spec = CELLS[cell_name(module)]
     params = list(layer_weights(module))
@@ -332,12 +335,9 @@ def run_unrolled(module: nn.Module, input, state=None, *, tap: Tap | None = None
         for direction in range(directions):
             weights = params[layer * directions + direction]
             start = tuple(s[layer * directions + direction] for s in initial)
-            probe = None
-            if tap is not None:
-                shape = (*layer_input.shape[:-1], module.hidden_size)
-                probe = tap(layer, direction, shape, reference)
+            observe = tap(layer, direction) if tap is not None else None
             out, final = _scan(spec, layer_input, start, weights, active,
-                               reverse=direction == 1, packed=packed, probe=probe)
+                               reverse=direction == 1, packed=packed, observe=observe)
             outputs.append(out)
             finals.append(final)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
@@ -361,7 +361,7 @@ def run_unrolled(module: nn.Module, input, state=None, *, tap: Tap | None = None
 
 def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeights,
           active: list[int], *, reverse: bool, packed: bool,
-          probe: Tensor | None = None) -> tuple[Tensor, State]:
+          observe: Observer | None = None) -> tuple[Tensor, State]:
     """One layer, one direction, over all time steps.
 
     The input projection W_ih x_t + b_ih has no recurrence, so it is one matmul
@@ -383,7 +383,6 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
     projected = F.linear(layer_input, weights.weight_ih, input_bias)
     steps = projected.split(active) if packed else projected.unbind(0)
     w_hh_t = weights.weight_hh.t()
-    probes = None if probe is None else (probe.split(active) if packed else probe.unbind(0))
     batch = active[0]
     outputs: list[Tensor] = [None] * len(steps)  # type: ignore[list-item]
     order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
@@ -391,17 +390,15 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
         rows = active[t]
         if rows == batch:
             state = spec.step(steps[t], state, w_hh_t, step_bias)
-            if probes is not None:
-                state = (state[0] + probes[t], *state[1:])
             outputs[t] = state[0]
         else:
             live = spec.step(steps[t], tuple(s[:rows] for s in state), w_hh_t, step_bias)
-            if probes is not None:
-                live = (live[0] + probes[t], *live[1:])
             state = tuple(
                 torch.cat((new, old[rows:])) for new, old in zip(live, state, strict=True)
             )
             outputs[t] = live[0]
+        if observe is not None:
+            observe(t, outputs[t])
     return (torch.cat(outputs) if packed else torch.stack(outputs)), state
 
 

@@ -32,6 +32,7 @@ REACH_THRESHOLD = 1e-3  # "reached" while within this fraction of the largest no
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite")
 LYAPUNOV_SAMPLES = 2  # sequences of the recorded batch used for the Lyapunov exponent
+LYAPUNOV_BUDGET = 2**25  # Jacobian entries (T x B x S^2) it may use: 256 MB in float64
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     best = max(stats, key=lambda s: s.reach)  # the layer that carries gradient furthest
     reach, rate = best.reach, best.rate
 
-    nonfinite = flow.nonfinite + int((~torch.isfinite(flow.norms.nan_to_num(0.0))).sum())
+    nonfinite = flow.nonfinite + _nonfinite_norms(flow.norms)
     if nonfinite:
         verdict = "nonfinite"
     elif any(s.rate > 1.0 and s.growth >= EXPLODING_GROWTH for s in stats):
@@ -128,7 +129,8 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
         "steps": flow.steps, "reach": reach, "rate": rate, "norm_at_loss": best.at_loss,
         "peak_norm": best.peak, "growth": max(s.growth for s in stats),
         "norm_at_first_step": best.at_first_step,
-        "subnormal_fraction": flow.subnormal_fraction, "nonfinite": nonfinite,
+        "subnormal_fraction": flow.subnormal_fraction,
+        "underflow_fraction": flow.underflow_fraction, "nonfinite": nonfinite,
         "layers": len(flow.layers),
     }
     cell = None
@@ -186,6 +188,13 @@ def _profile_stats(profile: Tensor) -> _RowStats:
     return _RowStats(reach, rate, peak, at_loss, at_first, length)
 
 
+def _nonfinite_norms(norms: Tensor) -> int:
+    """inf anywhere, and NaN anywhere but the trailing padding of a shorter row."""
+    nan = torch.isnan(norms)
+    padding = nan.flip(1).cumprod(dim=1).flip(1).bool()  # NaN from some step to the end
+    return int(torch.isinf(norms).sum() + (nan & ~padding).sum())
+
+
 def _model_evidence(recorder: Recorder) -> dict[str, float]:
     """Numbers that need the model: parameter-gradient norm, spectral radius, Lyapunov."""
     evidence: dict[str, float] = {}
@@ -201,12 +210,20 @@ def _model_evidence(recorder: Recorder) -> dict[str, float]:
     capture = recorder.captures.get(name)
     if capture is not None and isinstance(capture.input, Tensor):
         # Full step Jacobians cost T x B x S^2; a few sequences estimate the top exponent.
-        inputs = capture.input
-        if inputs.dim() == 3:
-            inputs = inputs[:, :LYAPUNOV_SAMPLES] if not module.batch_first \
-                else inputs[:LYAPUNOV_SAMPLES]
-        exponents = dynamics.lyapunov(module, inputs, k=1)
+        inputs = capture.input if capture.input.dim() == 3 else capture.input.unsqueeze(1)
+        if module.batch_first and capture.input.dim() == 3:
+            inputs = inputs.transpose(0, 1)
+        # The Jacobians cost T x B x S^2 numbers: a few sequences and, for large
+        # states, the first steps only, give the estimate within a bounded budget.
+        state = module.hidden_size * (2 if cell_name(module) == "lstm" else 1)
+        samples = min(LYAPUNOV_SAMPLES, inputs.shape[1])
+        steps = max(1, min(inputs.shape[0], LYAPUNOV_BUDGET // (samples * state * state)))
+        time_major = inputs[:steps, :samples]
+        if module.batch_first:
+            time_major = time_major.transpose(0, 1)
+        exponents = dynamics.lyapunov(module, time_major, k=1)
         evidence["lyapunov_max"] = float(exponents[0])
+        evidence["lyapunov_steps"] = steps
     return evidence
 
 

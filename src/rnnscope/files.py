@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +28,18 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+def json_safe(data):
+    """`data` with NaN and +-inf replaced by None: strict JSON has no such numbers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(value) for value in data]
+    return data
+
+
 def write_json(path: str | Path, data) -> Path:
     with atomic_target(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        temporary.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     return Path(path)

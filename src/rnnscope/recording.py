@@ -7,22 +7,25 @@
 
 Inside the block every recurrent layer of `model` (torch's `nn.RNN`/`nn.LSTM`/
 `nn.GRU` and rnnscope's `Recurrent`, nested anywhere) runs through the unrolled
-engine with its own parameters. A zero "probe" tensor is added to each hidden
-output h_t; it changes no value, and after the backward pass the user already
-runs, its gradient is the total dL/dh_t. A hook on the probe reduces it to norms
-as soon as autograd produces it, so no second backward and no host sync.
+engine with its own parameters. Each hidden output h_t gets a tensor hook; in
+the backward pass the user already runs, autograd hands that hook the total
+dL/dh_t (through the next step and the layer above alike). The hooks only keep
+references; norms are computed once, when `rec.flow` is read, so there is no
+second backward and no host sync per step. Gradients of several backward passes
+through the same forward add up, as parameter gradients do. Forward passes
+under `torch.no_grad()` run torch's own kernels and are not counted.
 Outside the block (and after an exception inside it) the model is untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.cells import find_recurrent, run_unrolled
+from rnnscope.cells import cell_name, find_recurrent, run_unrolled
 from rnnscope.numerics import subnormal_count
 
 
@@ -42,6 +45,9 @@ class GradientFlow:
     per_sample: Tensor | None = None  # [rows, T, B] when recorded with per_sample=True
     nonfinite: int = 0  # non-finite entries in any dL/dh_t
     subnormal_fraction: float = 0.0  # of all entries of dL/dh_t (as probes.subnormal_fraction)
+    # zero or subnormal: with subnormals flushed (the default for speed) an underflowed
+    # gradient is stored as 0, so this is the fraction that tells vanishing apart.
+    underflow_fraction: float = 0.0
 
     @property
     def steps(self) -> int:
@@ -55,51 +61,67 @@ class GradientFlow:
         return torch.stack(rows) if rows else self.norms
 
 
-@dataclass
 class _Capture:
-    """The probes of one recorded call of one recurrent module."""
+    """The hooked hidden outputs of one recorded forward call of one recurrent module."""
 
-    name: str
-    module: nn.Module
-    input: Tensor | PackedSequence  # detached: kept for dynamics (Lyapunov), not for autograd
-    batch_sizes: Tensor | None
-    per_sample: bool
-    norms: dict[tuple[int, int], Tensor] = field(default_factory=dict)
-    samples: dict[tuple[int, int], Tensor] = field(default_factory=dict)
-    nonfinite: dict[tuple[int, int], Tensor] = field(default_factory=dict)
-    subnormal: dict[tuple[int, int], tuple[Tensor, int]] = field(default_factory=dict)
-    probes: int = 0
+    def __init__(self, name: str, module: nn.Module, input, per_sample: bool) -> None:
+        self.name, self.module, self.per_sample = name, module, per_sample
+        packed = isinstance(input, PackedSequence)
+        # Kept detached for dynamics (Lyapunov along the same input), not for autograd.
+        self.input = input._replace(data=input.data.detach()) if packed else input.detach()
+        self.batch_sizes = input.batch_sizes if packed else None
+        self.grads: dict[tuple[int, int], dict[int, Tensor]] = {}
+        self.complete = False  # True once backward has reached any h_t
 
-    def tap(self, layer: int, direction: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        probe = torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
-        probe.register_hook(lambda grad: self._reduce((layer, direction), grad))
-        self.probes += 1
-        return probe
+    def tap(self, layer: int, direction: int):
+        steps = self.grads.setdefault((layer, direction), {})
 
-    def _reduce(self, key: tuple[int, int], grad: Tensor) -> None:
+        def observe(t: int, h: Tensor) -> None:
+            if h.requires_grad:
+                h.register_hook(lambda grad: self._store(steps, t, grad))
+
+        return observe
+
+    def _store(self, steps: dict[int, Tensor], t: int, grad: Tensor) -> None:
         grad = grad.detach()
-        row_norms = torch.linalg.vector_norm(grad.double(), dim=-1)  # [T, B] or [N]
-        if self.batch_sizes is None:
-            self.norms[key] = row_norms.mean(dim=1)
-            if self.per_sample:
-                self.samples[key] = row_norms
-        else:
-            sizes = self.batch_sizes.to(row_norms.device)
-            step_of_row = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device),
-                                                  sizes)
-            total = torch.zeros(len(sizes), dtype=row_norms.dtype, device=row_norms.device)
-            self.norms[key] = total.index_add_(0, step_of_row, row_norms) / sizes
-            if self.per_sample:
-                packed = PackedSequence(row_norms.unsqueeze(-1), self.batch_sizes,
-                                        self.input.sorted_indices, self.input.unsorted_indices)
-                padded, _ = pad_packed_sequence(packed, padding_value=float("nan"))
-                self.samples[key] = padded.squeeze(-1)
-        self.nonfinite[key] = (~torch.isfinite(grad)).sum()
-        self.subnormal[key] = (subnormal_count(grad), grad.numel())
+        steps[t] = grad if t not in steps else steps[t] + grad
+        self.complete = True
 
-    @property
-    def complete(self) -> bool:
-        return self.probes > 0 and len(self.norms) == self.probes
+    def rows(self) -> list[tuple[str, bool, Tensor, Tensor]]:
+        """(name, reverse, per-step gradients [T, B, H] padded with NaN, live mask [T, B])."""
+        out = []
+        prefix = f"{self.name}." if self.name else ""
+        for (layer, direction), steps in sorted(self.grads.items()):
+            name = f"{prefix}l{layer}" + ("_reverse" if direction else "")
+            out.append((name, bool(direction), *self._padded(steps)))
+        return out
+
+    def _padded(self, steps: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
+        like = next(iter(steps.values()), None)
+        hidden = self.module.hidden_size
+        if self.batch_sizes is None:
+            count, batch = (self.input.shape[0], self.input.shape[1]) if self.input.dim() == 3 \
+                else (self.input.shape[0], 1)
+            if self.input.dim() == 3 and getattr(self.module, "batch_first", False):
+                count, batch = batch, count
+            sizes = [batch] * count
+        else:
+            sizes = self.batch_sizes.tolist()  # once per flow read, not per step
+            count, batch = len(sizes), sizes[0]
+        device = like.device if like is not None else self.input.device if isinstance(
+            self.input, Tensor) else self.input.data.device
+        dtype = like.dtype if like is not None else torch.float32
+        grads = torch.zeros(count, batch, hidden, dtype=dtype, device=device)
+        live = torch.zeros(count, batch, dtype=torch.bool, device=device)
+        for t, rows in enumerate(sizes):
+            live[t, :rows] = True
+            if t in steps:  # a step no loss depends on has gradient zero
+                grads[t, :rows] = steps[t].reshape(rows, hidden)
+        if self.batch_sizes is not None and self.input.unsorted_indices is not None:
+            # Packed rows run longest first; report them in the caller's batch order.
+            order = self.input.unsorted_indices.to(device)
+            grads, live = grads.index_select(1, order), live.index_select(1, order)
+        return grads, live
 
 
 class Recorder:
@@ -117,11 +139,18 @@ class Recorder:
                 f"model: no recurrent layer found in {type(model).__name__} "
                 "(expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU)"
             )
+        for _, module in self.layers:
+            cell_name(module)  # rejects what the unrolled engine cannot run (proj_size)
         self.calls = dict.fromkeys((name for name, _ in self.layers), 0)
-        self.captures: dict[str, _Capture] = {}  # the latest recorded call per module
+        # Per module, the latest recorded call and the latest one that received gradient
+        # (a later forward, e.g. an evaluation pass, must not discard a finished record).
+        self.captures: dict[str, _Capture] = {}
+        self._finished: dict[str, _Capture] = {}
         self._saved: list[tuple[nn.Module, object]] = []
 
     def __enter__(self) -> Recorder:
+        if self._saved:
+            raise RuntimeError("record: this recorder is already active; use a new record()")
         for name, module in self.layers:
             # An instance attribute shadows the class's forward for this module only.
             self._saved.append((module, module.__dict__.get("forward")))
@@ -129,7 +158,7 @@ class Recorder:
         return self
 
     def __exit__(self, *exc_info) -> bool:
-        for module, previous in self._saved:
+        for module, previous in reversed(self._saved):
             if previous is None:
                 module.__dict__.pop("forward", None)
             else:
@@ -140,28 +169,40 @@ class Recorder:
     def _wrap(self, name: str, module: nn.Module, native):
         def forward(input, hx=None, **kwargs):
             state = kwargs.pop("state", hx)
+            if not torch.is_grad_enabled():
+                return native(input, state, **kwargs)  # nothing to record without a graph
             call = self.calls[name]
             self.calls[name] = call + 1
             if call % self.every:
                 return native(input, state, **kwargs)
-            packed = isinstance(input, PackedSequence)
-            kept = input._replace(data=input.data.detach()) if packed else input.detach()
-            capture = _Capture(name, module, kept, input.batch_sizes if packed else None,
-                               self.per_sample)
+            previous = self.captures.get(name)
+            if previous is not None and previous.complete:
+                self._finished[name] = previous
+            capture = _Capture(name, module, input, self.per_sample)
             self.captures[name] = capture
             return run_unrolled(module, input, state, tap=capture.tap)
 
         return forward
 
+    def _latest_complete(self) -> list[_Capture]:
+        latest = []
+        for name, _ in self.layers:
+            capture = self.captures.get(name)
+            if capture is None or not capture.complete:
+                capture = self._finished.get(name)
+            if capture is not None:
+                latest.append(capture)
+        return latest
+
     @property
     def recorded(self) -> bool:
         """True once a recorded forward has been followed by its backward pass."""
-        return any(c.complete for c in self.captures.values())
+        return bool(self._latest_complete())
 
     @property
     def flow(self) -> GradientFlow:
         """The gradient flow of the latest recorded call of every recurrent layer."""
-        captures = [c for c in self.captures.values() if c.complete]
+        captures = self._latest_complete()
         if not captures:
             raise RuntimeError(
                 "record: no gradient was recorded; call loss.backward() inside the "
@@ -181,31 +222,33 @@ def record(model: nn.Module, every: int = 1, per_sample: bool = False) -> Record
 
 
 def _assemble(captures: list[_Capture]) -> GradientFlow:
-    names, reverse, rows, samples = [], [], [], []
-    nonfinite = torch.zeros((), dtype=torch.long)
-    subnormal = torch.zeros((), dtype=torch.long)
-    entries = 0
+    names, reverse, norms, samples = [], [], [], []
+    nonfinite = subnormal = underflow = entries = 0
     for capture in captures:
-        for (layer, direction), norms in sorted(capture.norms.items()):
-            prefix = f"{capture.name}." if capture.name else ""
-            names.append(f"{prefix}l{layer}" + ("_reverse" if direction else ""))
-            reverse.append(bool(direction))
-            rows.append(norms.cpu())
+        for name, is_reverse, grads, live in capture.rows():
+            names.append(name)
+            reverse.append(is_reverse)
+            per_row = torch.linalg.vector_norm(grads.double(), dim=-1)  # [T, B]
+            per_row = per_row.masked_fill(~live, float("nan"))
+            norms.append(per_row.nanmean(dim=1).cpu())
             if capture.per_sample:
-                samples.append(capture.samples[(layer, direction)].cpu())
-            nonfinite = nonfinite + capture.nonfinite[(layer, direction)].cpu()
-            count, of = capture.subnormal[(layer, direction)]
-            subnormal, entries = subnormal + count.cpu(), entries + of
-    steps = max(len(r) for r in rows)
-    norms = torch.full((len(rows), steps), float("nan"), dtype=torch.float64)
-    for i, row in enumerate(rows):
-        norms[i, : len(row)] = row
+                samples.append(per_row.cpu())
+            values = grads[live]
+            nonfinite += int((~torch.isfinite(values)).sum())
+            count = int(subnormal_count(values))
+            subnormal += count
+            underflow += count + int((values == 0).sum())
+            entries += values.numel()
+    steps = max(len(r) for r in norms)
+    table = torch.full((len(norms), steps), float("nan"), dtype=torch.float64)
+    for i, row in enumerate(norms):
+        table[i, : len(row)] = row
     per_sample = None
-    if samples and len(samples) == len(rows):
+    if samples:
         batch = max(s.shape[1] for s in samples)
-        per_sample = torch.full((len(rows), steps, batch), float("nan"), dtype=torch.float64)
+        per_sample = torch.full((len(samples), steps, batch), float("nan"), dtype=torch.float64)
         for i, s in enumerate(samples):
             per_sample[i, : s.shape[0], : s.shape[1]] = s
-    # One host read per assembled flow, not per step.
-    fraction = subnormal.item() / entries if entries else 0.0
-    return GradientFlow(norms, names, reverse, per_sample, int(nonfinite.item()), fraction)
+    return GradientFlow(table, names, reverse, per_sample, nonfinite,
+                        subnormal / entries if entries else 0.0,
+                        underflow / entries if entries else 0.0)

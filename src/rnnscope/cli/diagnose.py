@@ -11,7 +11,7 @@ import torch
 
 from rnnscope.cells import CELLS
 from rnnscope.diagnosis import diagnose
-from rnnscope.files import write_json
+from rnnscope.files import json_safe, write_json
 from rnnscope.init import init_, parse_init_spec
 from rnnscope.model import SequenceModel
 from rnnscope.numerics import flush_denormal
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     for field in ("hidden", "layers", "batch"):
         if getattr(args, field) < 1:
             raise ValueError(f"{field}: must be a positive integer, got {getattr(args, field)}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"out: {args.out} exists and is not a directory")
     task = get_task(args.task, seq_len=args.seq_len)
     scheme, scheme_args = parse_init_spec(args.init)
     torch.manual_seed(args.seed)
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out / "diagnosis.json", summary)
     if args.json:
         summary.pop("flow")
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     else:
         print(f"{args.task} T={args.seq_len}, {args.cell} (init {args.init}), hidden "
               f"{args.hidden}: loss {loss.item():.4g}")

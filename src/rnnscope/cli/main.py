@@ -18,14 +18,22 @@ SUBCOMMANDS: tuple[str, ...] = ("diagnose",)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad input reported in one line (no usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rnnscope",
         description="See how gradients flow back through time in recurrent networks, "
         "diagnose vanishing and exploding gradients, and apply the remedies.",
     )
     parser.add_argument("--version", action="version", version=f"rnnscope {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=_Parser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"rnnscope.cli.{name}").register(subparsers)
     return parser
@@ -39,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        # Validation errors name the field and the accepted values in one line.
-        print(f"rnnscope: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as error:
+        # Validation errors name the field and the accepted values in one line;
+        # OSError: an unreadable input or unwritable --out.
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"rnnscope: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
