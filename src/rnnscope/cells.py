@@ -115,6 +115,22 @@ def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def require_recurrent(model: nn.Module, field: str = "model") -> list[tuple[str, nn.Module]]:
+    """`find_recurrent(model)`, refusing a model with none, or with a layer the unrolled
+    engine cannot run (an LSTM with projections)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{field}: expected an nn.Module, got {type(model).__name__}")
+    layers = find_recurrent(model)
+    if not layers:
+        raise ValueError(
+            f"{field}: no recurrent layer found in {type(model).__name__} "
+            "(expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU)"
+        )
+    for _, module in layers:
+        cell_name(module)
+    return layers
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """The four parameters of one layer and direction (biases None when bias=False)."""
@@ -228,23 +244,7 @@ class Recurrent(nn.Module):
         kwargs = {}
         if spec.torch_class is nn.RNN:
             kwargs["nonlinearity"] = "relu" if self.cell == "rnn_relu" else "tanh"
-        reference = next(self.parameters())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the dropout warning was given when self was built
-            module = spec.torch_class(
-                self.input_size,
-                self.hidden_size,
-                num_layers=self.num_layers,
-                bias=self.bias,
-                batch_first=self.batch_first,
-                dropout=self.dropout,
-                bidirectional=self.bidirectional,
-                device=reference.device,
-                dtype=reference.dtype,
-                **kwargs,
-            )
-        module.load_state_dict(self.state_dict())
-        return module.train(self.training)
+        return _copy(self, lambda **same: spec.torch_class(**same, **kwargs))
 
     def extra_repr(self) -> str:
         text = f"{self.cell!r}, {self.input_size}, {self.hidden_size}"
@@ -263,28 +263,21 @@ def from_torch(module: nn.Module) -> Recurrent:
         raise TypeError(
             f"module: expected nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}"
         )
-    if getattr(module, "proj_size", 0):
-        raise ValueError(
-            f"proj_size: LSTM projections are not supported (got proj_size={module.proj_size}); "
-            "accepted: 0"
-        )
+    cell = cell_name(module)  # also refuses LSTM projections
+    return _copy(module, lambda **same: Recurrent(cell, **same))
+
+
+def _copy(module: nn.Module, build: Callable[..., nn.Module]) -> nn.Module:
+    """`build` called with `module`'s shape, device and dtype, holding copies of its weights."""
     reference = next(module.parameters())
+    same = {name: getattr(module, name) for name in (
+        "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+        "bidirectional")}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        recurrent = Recurrent(
-            cell_name(module),
-            module.input_size,
-            module.hidden_size,
-            num_layers=module.num_layers,
-            batch_first=module.batch_first,
-            dropout=module.dropout,
-            bias=module.bias,
-            bidirectional=module.bidirectional,
-            device=reference.device,
-            dtype=reference.dtype,
-        )
-    recurrent.load_state_dict(module.state_dict())
-    return recurrent.train(module.training)
+        warnings.simplefilter("ignore")  # the dropout warning was given when `module` was built
+        copy = build(**same, device=reference.device, dtype=reference.dtype)
+    copy.load_state_dict(module.state_dict())
+    return copy.train(module.training)
 
 
 # tap(layer, direction) -> observe(t, h_t) or None: called with every hidden output h_t

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnscope.cells import CELLS, CellSpec, LayerWeights, cell_name, find_recurrent, layer_weights
+from rnnscope.cells import (
+    CELLS,
+    CellSpec,
+    LayerWeights,
+    cell_name,
+    layer_weights,
+    require_recurrent,
+)
 from rnnscope.init import gate_blocks, matrix_spectral_radius
 
 State = tuple[Tensor, ...]
@@ -163,19 +170,7 @@ def lyapunov(model: nn.Module, x: Tensor, k: int | None = None, *, state=None,
 
 
 def _find(model, argument: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{argument}: expected an nn.Module, got {type(model).__name__}")
-    found = find_recurrent(model)
-    if not found:
-        raise ValueError(
-            f"{argument}: found no recurrent layer (rnnscope.Recurrent, nn.RNN, nn.LSTM or "
-            f"nn.GRU) in the model, a {type(model).__name__}"
-        )
-    recurrent = found[0][1]
-    if getattr(recurrent, "proj_size", 0):
-        raise ValueError(f"proj_size: LSTM projections are not supported "
-                         f"(got proj_size={recurrent.proj_size}); accepted: 0")
-    return recurrent
+    return require_recurrent(model, argument)[0][1]
 
 
 def _weights(recurrent: nn.Module, layer: int, direction: int) -> LayerWeights:

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rnnscope.cells import CELLS, CellSpec, LayerWeights, cell_name, find_recurrent, layer_weights
+from rnnscope.cells import (
+    CELLS,
+    CellSpec,
+    LayerWeights,
+    cell_name,
+    layer_weights,
+    require_recurrent,
+)
 
 SchemeFn = Callable[..., None]
 
@@ -63,12 +70,7 @@ def init_(model: nn.Module, scheme: str, **kw) -> nn.Module:
             f"init.{unknown[0]}: not an argument of scheme {scheme!r}; "
             f"accepted: {', '.join(accepted) or 'none'}"
         )
-    layers = find_recurrent(model)
-    if not layers:
-        raise ValueError(
-            f"model: no recurrent layer found in {type(model).__name__} "
-            "(expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU)"
-        )
+    layers = require_recurrent(model)
     for _, module in layers:
         cell = cell_name(module)
         if cell not in entry.cells:
@@ -78,8 +80,6 @@ def init_(model: nn.Module, scheme: str, **kw) -> nn.Module:
                 f"(it is for {', '.join(sorted(entry.cells))}); accepted for {cell}: "
                 f"{', '.join(fitting)}"
             )
-        if getattr(module, "proj_size", 0):
-            raise ValueError("proj_size: LSTM projections are not supported; accepted: 0")
     # A scheme may find a problem part-way (a zero W_hh, a missing bias in the
     # third layer); restore everything then, so a failed call changes nothing.
     parameters = [p for _, module in layers for p in module.parameters()]
@@ -147,6 +147,13 @@ def _per_block(weight: Tensor, spec: CellSpec, fill: Callable[[Tensor], object])
         fill(block)
 
 
+def _fill_weights(weights: LayerWeights, spec: CellSpec, fill: Callable[[Tensor], object]) -> None:
+    """`fill` each gate block of W_ih and W_hh; zero the biases."""
+    for weight in (weights.weight_ih, weights.weight_hh):
+        _per_block(weight, spec, fill)
+    _zero_biases(weights)
+
+
 @register("torch_default")
 def torch_default(weights: LayerWeights, spec: CellSpec, hidden_size: int) -> None:
     """torch's own: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
@@ -161,9 +168,7 @@ def xavier_uniform(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                    gain: float = 1.0) -> None:
     """Glorot & Bengio: U(-a, a), a = gain*sqrt(6/(fan_in+fan_out)) per gate block; zero biases."""
     gain = _number("gain", gain)
-    for w in (weights.weight_ih, weights.weight_hh):
-        _per_block(w, spec, lambda b: nn.init.xavier_uniform_(b, gain=gain))
-    _zero_biases(weights)
+    _fill_weights(weights, spec, lambda b: nn.init.xavier_uniform_(b, gain=gain))
 
 
 @register("xavier_normal")
@@ -171,9 +176,7 @@ def xavier_normal(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                   gain: float = 1.0) -> None:
     """Glorot & Bengio: N(0, gain^2 * 2/(fan_in+fan_out)) per gate block; zero biases."""
     gain = _number("gain", gain)
-    for w in (weights.weight_ih, weights.weight_hh):
-        _per_block(w, spec, lambda b: nn.init.xavier_normal_(b, gain=gain))
-    _zero_biases(weights)
+    _fill_weights(weights, spec, lambda b: nn.init.xavier_normal_(b, gain=gain))
 
 
 @register("kaiming")
@@ -185,9 +188,7 @@ def kaiming(weights: LayerWeights, spec: CellSpec, hidden_size: int,
         raise ValueError(
             f"init.nonlinearity: unknown {nonlinearity!r}; accepted: {', '.join(accepted)}"
         )
-    for w in (weights.weight_ih, weights.weight_hh):
-        _per_block(w, spec, lambda b: nn.init.kaiming_normal_(b, nonlinearity=nonlinearity))
-    _zero_biases(weights)
+    _fill_weights(weights, spec, lambda b: nn.init.kaiming_normal_(b, nonlinearity=nonlinearity))
 
 
 @register("orthogonal")

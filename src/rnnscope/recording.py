@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.cells import cell_name, find_recurrent, run_unrolled
+from rnnscope.cells import require_recurrent, run_unrolled
 from rnnscope.numerics import subnormal_count
 
 
@@ -133,14 +133,7 @@ class Recorder:
         self.model = model
         self.every = every
         self.per_sample = per_sample
-        self.layers = find_recurrent(model)
-        if not self.layers:
-            raise ValueError(
-                f"model: no recurrent layer found in {type(model).__name__} "
-                "(expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU)"
-            )
-        for _, module in self.layers:
-            cell_name(module)  # rejects what the unrolled engine cannot run (proj_size)
+        self.layers = require_recurrent(model)
         self.calls = dict.fromkeys((name for name, _ in self.layers), 0)
         # Per module, the latest recorded call and the latest one that received gradient
         # (a later forward, e.g. an evaluation pass, must not discard a finished record).
