@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rnnscope.tasks import register_task
-from rnnscope.tasks.base import Task
+from rnnscope.tasks.base import Task, check_int, check_split
 
 
 @register_task("adding")
@@ -24,11 +24,11 @@ class AddingTask(Task):
     solved_below = 0.01
 
     def __init__(self, seq_len: int = 200) -> None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-            raise ValueError(f"task.seq_len: must be an integer >= 2, got {seq_len!r}")
-        self.seq_len = seq_len
+        self.seq_len = check_int("seq_len", seq_len, 2)
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def batch(self, batch_size: int, generator: torch.Generator,
+              split: str = "train") -> tuple[Tensor, Tensor]:
+        check_split(split)  # fresh data either way: held out by construction
         steps, half = self.seq_len, self.seq_len // 2
         values = torch.rand(steps, batch_size, generator=generator)
         first = torch.randint(0, half, (batch_size,), generator=generator)
