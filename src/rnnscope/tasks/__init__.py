@@ -31,6 +31,6 @@ def get_task(name: str, **kwargs) -> Task:
 
 
 # Registration happens on import.
-from rnnscope.tasks import adding  # noqa: E402,F401
+from rnnscope.tasks import adding, pixels  # noqa: E402,F401
 
 __all__ = ["TASKS", "Task", "get_task", "register_task"]
