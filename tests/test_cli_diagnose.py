@@ -75,7 +75,11 @@ def test_checkpoint_weights_are_used(tmp_path, capsys):
     (["--checkpoint", "garbage.pt"], "checkpoint: cannot read"),
     (["--checkpoint", "other.pt"], "checkpoint: "),
     (["--seq-len", "abc"], "argument --seq-len: invalid int value: 'abc'"),
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--no-such-flag"], "unrecognized argument '--no-such-flag'"),
+    (["--task", "digits"], "seq-len: task 'digits' has a fixed length"),
+    (["--task.foo=1"], "task.foo: not a setting of task 'adding'; accepted: seq_len"),
+    (["--bogus.x=1"], "bogus.x: unknown section 'bogus'; accepted: task"),
+    (["--task.path"], "settings are given as --section.key=value"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, message):
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
@@ -91,6 +95,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra
     assert error.count("\n") == 1 and message in error, error
     assert "Traceback" not in error
     assert not out.exists()
+
+
+def test_task_settings_reach_the_task(tmp_path, capsys):
+    code = main(["diagnose", "--task", "digits", "--task.mode=row", "--task.permuted=true",
+                 "--hidden", "8", "--batch", "4", "--json", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task_settings"] == {"mode": "row", "permuted": True}
+    assert summary["seq_len"] == 8 and summary["steps"] == 8  # 8 rows of 8 pixels
 
 
 def test_out_that_is_a_file_is_bad_input(tmp_path, capsys):

@@ -17,7 +17,7 @@ from rnnscope.model import SequenceModel
 from rnnscope.numerics import flush_denormal
 from rnnscope.recording import record
 from rnnscope.report.plots import plot_flow_profile
-from rnnscope.tasks import TASKS, get_task
+from rnnscope.tasks import TASKS, get_task, task_settings
 
 EXAMPLES = """\
 examples:
@@ -26,6 +26,10 @@ examples:
 
   # does chrono init fix it for an LSTM? machine-readable output
   rnnscope diagnose --task adding --seq-len 200 --cell lstm --init chrono:200 --json
+
+  # any task's settings as --task.KEY=VALUE: permuted pixel digits, a CSV column
+  rnnscope diagnose --task digits --task.permuted=true --cell lstm
+  rnnscope diagnose --task series --task.path=co2.csv --task.columns=co2 --seq-len 100
 
   # a trained model: weights from a checkpoint (a state_dict, or {"model": state_dict})
   rnnscope diagnose --cell lstm --hidden 128 --checkpoint runs/lstm/checkpoints/last.pt
@@ -42,7 +46,8 @@ def register(subparsers) -> None:
         "the reach, the rate and ranked fixes.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="adding", help=f"one of: {', '.join(sorted(TASKS))}")
-    parser.add_argument("--seq-len", type=int, default=200, help="sequence length T")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="sequence length T, for tasks that take one (default: the task's)")
     parser.add_argument("--cell", default="rnn_tanh", help=f"one of: {', '.join(CELLS)}")
     parser.add_argument("--init", default="torch_default",
                         help="scheme[:argument], e.g. orthogonal, chrono:200, spectral:3.0")
@@ -54,7 +59,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose"),
                         help="directory for flow.png and diagnosis.json")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides=("task",))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{field}: must be a positive integer, got {getattr(args, field)}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"out: {args.out} exists and is not a directory")
-    task = get_task(args.task, seq_len=args.seq_len)
+    task_args = dict(args.overrides.get("task", {}))
+    if args.seq_len is not None:
+        if args.task in TASKS and "seq_len" not in task_settings(args.task):
+            raise ValueError(f"seq-len: task {args.task!r} has a fixed length; it takes "
+                             f"{', '.join(task_settings(args.task)) or 'no settings'}")
+        task_args["seq_len"] = args.seq_len
+    task = get_task(args.task, **task_args)
+    seq_len = getattr(task, "seq_len", None)
     scheme, scheme_args = parse_init_spec(args.init)
     torch.manual_seed(args.seed)
     model = SequenceModel(args.cell, task.input_size, args.hidden, task.output_size,
@@ -84,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
         loss.backward()
     result = diagnose(recorder, current={"cell": args.cell, "init": args.init})
 
-    title = f"{args.task} T={args.seq_len}: {args.cell}, init {args.init} -> {result.verdict}"
+    title = f"{args.task} T={seq_len}: {args.cell}, init {args.init} -> {result.verdict}"
     plot = plot_flow_profile(recorder.flow, args.out / "flow.png", title=title)
     summary = {
-        "task": args.task, "seq_len": args.seq_len, "cell": args.cell, "init": args.init,
+        "task": args.task, "task_settings": task_args, "seq_len": seq_len,
+        "cell": args.cell, "init": args.init,
         "hidden": args.hidden, "layers": args.layers, "loss": loss.item(),
         **result.to_dict(), "plot": str(plot), "flow": recorder.flow.norms.tolist(),
         "seconds": round(time.perf_counter() - started, 3),
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         summary.pop("flow")
         print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     else:
-        print(f"{args.task} T={args.seq_len}, {args.cell} (init {args.init}), hidden "
+        print(f"{args.task} T={seq_len}, {args.cell} (init {args.init}), hidden "
               f"{args.hidden}: loss {loss.item():.4g}")
         print(f"verdict: {result.verdict}   reach: {result.reach}/{result.steps} steps   "
               f"rate: x{result.rate:.3g} per step")

@@ -25,6 +25,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def parse_overrides(arguments: list[str], sections: tuple[str, ...]) -> dict[str, dict]:
+    """`--section.key=value` arguments -> {section: {key: value}}, values typed by their
+    look: true/false, integers, floats, else strings."""
+    parsed: dict[str, dict] = {section: {} for section in sections}
+    for argument in arguments:
+        name, equals, text = argument.removeprefix("--").partition("=")
+        section, dot, key = name.partition(".")
+        if not (argument.startswith("--") and equals and dot and key):
+            raise ValueError(f"unrecognized argument {argument!r}; settings are given as "
+                             f"--section.key=value (sections: {', '.join(sections)})")
+        if section not in parsed:
+            raise ValueError(f"{name}: unknown section {section!r}; accepted: "
+                             f"{', '.join(sections)}")
+        parsed[section][key] = _typed(text)
+    return parsed
+
+
+def _typed(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="rnnscope",
@@ -41,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Dotted overrides (--task.path=data.csv) go to subcommands that take them.
+    overrides = getattr(args, "overrides", None)
+    if extra and overrides is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides is not None:
+        try:
+            args.overrides = parse_overrides(extra, sections=overrides)
+        except ValueError as error:
+            print(f"rnnscope: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_OK

@@ -7,6 +7,7 @@ is reproducible from its seed.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from rnnscope.tasks.base import Task
@@ -24,13 +25,29 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task(name: str, **kwargs) -> Task:
-    """Build a registered task by name; an unknown name lists the accepted ones."""
+    """Build a registered task by name; an unknown name or setting lists the accepted ones."""
     if name not in TASKS:
         raise ValueError(f"task.name: unknown {name!r}; accepted: {', '.join(sorted(TASKS))}")
+    accepted = task_settings(name)
+    for key in kwargs:
+        if key not in accepted:
+            raise ValueError(f"task.{key}: not a setting of task {name!r}; accepted: "
+                             f"{', '.join(accepted) or 'none'}")
+    required = [key for key, default in accepted.items() if default is inspect.Parameter.empty]
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        raise ValueError(f"task.{missing[0]}: task {name!r} needs it "
+                         f"(e.g. --task.{missing[0]}=...)")
     return TASKS[name](**kwargs)
+
+
+def task_settings(name: str) -> dict[str, object]:
+    """The settings a task takes, with their defaults (inspect.Parameter.empty if required)."""
+    parameters = inspect.signature(TASKS[name].__init__).parameters
+    return {key: p.default for key, p in parameters.items() if key != "self"}
 
 
 # Registration happens on import.
 from rnnscope.tasks import adding, pixels  # noqa: E402,F401
 
-__all__ = ["TASKS", "Task", "get_task", "register_task"]
+__all__ = ["TASKS", "Task", "get_task", "register_task", "task_settings"]
