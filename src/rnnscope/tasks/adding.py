@@ -29,6 +29,7 @@ class AddingTask(Task):
     def batch(self, batch_size: int, generator: torch.Generator,
               split: str = "train") -> tuple[Tensor, Tensor]:
         check_split(split)  # fresh data either way: held out by construction
+        check_int("batch_size", batch_size, 1)
         steps, half = self.seq_len, self.seq_len // 2
         values = torch.rand(steps, batch_size, generator=generator)
         first = torch.randint(0, half, (batch_size,), generator=generator)
