@@ -16,7 +16,9 @@ Conventions every task keeps:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -60,3 +62,36 @@ def check_int(field: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"task.{field}: must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def read_utf8(path: str | os.PathLike) -> tuple[Path, str]:
+    """The file at `path` as text (a leading byte-order mark dropped), or a one-line ValueError."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"task.path: must name a file, got {path!r}")
+    file = Path(path)
+    if not file.is_file():
+        problem = "is a directory, not a file" if file.is_dir() else "no such file"
+        raise ValueError(f"task.path: {problem}: {file}")
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{file}: cannot read ({error.strerror or error})") from None
+    try:
+        return file, data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                         f"{error.start})") from None
+
+
+def check_seq_len(seq_len) -> int:
+    if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len < 2:
+        raise ValueError(f"task.seq_len: sequence length < 2 (got {seq_len}); a window needs "
+                         f"at least 2 steps")
+    return check_int("seq_len", seq_len, 2)
+
+
+def check_valid_fraction(valid_fraction) -> float:
+    if (isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float))
+            or not 0 < valid_fraction <= 0.5):
+        raise ValueError(f"task.valid_fraction: must be in (0, 0.5], got {valid_fraction!r}")
+    return float(valid_fraction)
