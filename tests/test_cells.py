@@ -123,8 +123,16 @@ def assert_parity(config: dict, dtype: torch.dtype) -> None:
     for ours, theirs in zip(actual[3], expected[3], strict=True):
         assert relative_error(ours, theirs) < tolerance, "initial-state gradient"
     assert actual[4].keys() == expected[4].keys()
+    # In float32 a parameter gradient that is a near-cancelling sum over steps (e.g. one
+    # bias of a hidden-size-1 layer: 0.0011 from terms of size ~1) carries rounding error
+    # relative to its terms, not to itself; such a tensor's norm is floored at 1e-2 of
+    # the norm of all parameter gradients. float64 keeps the plain per-tensor error.
+    overall = torch.cat([g.reshape(-1) for g in expected[4].values()]).norm().item()
+    floor = 1e-2 * overall if dtype == torch.float32 else 0.0
     for name, theirs in expected[4].items():
-        assert relative_error(actual[4][name], theirs) < tolerance, f"gradient of {name}"
+        error = (actual[4][name] - theirs).norm().item() / max(theirs.norm().item(), floor,
+                                                                1e-30)
+        assert error < tolerance, f"gradient of {name}"
 
 
 @settings(max_examples=250, deadline=None)

@@ -7,24 +7,37 @@ Public API (names other code relies on; see DESIGN.md):
 - `record`, `GradientFlow`: dL/dh_t for every recurrent layer and step.
 - `diagnose` -> `Diagnosis`: verdict, reach, rate, evidence and ranked fixes.
 - `lyapunov`: the largest Lyapunov exponents of a recurrent layer along a trajectory.
+- `clip_grad` -> `ClipResult`: gradient clipping by norm, value, per parameter, AutoClip, AGC.
+- `train(ExperimentConfig)` -> `RunResult`: the trainer with every remedy and a run directory.
 """
 
 from rnnscope.cells import CELLS, Recurrent, find_recurrent, from_torch, run_unrolled
+from rnnscope.clipping import ClipResult, clip_grad
 from rnnscope.diagnosis import Diagnosis, Fix, diagnose
 from rnnscope.dynamics import lyapunov
+from rnnscope.experiment import ExperimentConfig
 from rnnscope.init import INIT_SCHEMES, init_
 from rnnscope.recording import GradientFlow, Recorder, record
 
+# After every submodule: `rnnscope.train` is the function, not the module of the loop
+# (`rnnscope.train` the module stays importable as such).
+from rnnscope.runner import RunResult, train  # noqa: E402
+
 __version__ = "0.1.0"
+
 
 __all__ = [
     "CELLS",
+    "ClipResult",
+    "ExperimentConfig",
+    "RunResult",
     "Diagnosis",
     "Fix",
     "GradientFlow",
     "Recorder",
     "INIT_SCHEMES",
     "Recurrent",
+    "clip_grad",
     "diagnose",
     "find_recurrent",
     "from_torch",
@@ -32,5 +45,6 @@ __all__ = [
     "lyapunov",
     "record",
     "run_unrolled",
+    "train",
     "__version__",
 ]

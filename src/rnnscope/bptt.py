@@ -22,11 +22,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from rnnscope.fields import integer
 from rnnscope.recording import GradientFlow, record
 
 # loss_fn(output_of_window, start, stop) -> scalar loss of that window, or None when the
 # window carries no loss (e.g. the adding problem scores only the last step).
 WindowLoss = Callable[[Tensor, int, int], Tensor | None]
+
+
+@dataclass(frozen=True)
+class BPTTConfig:
+    """The `bptt` section: `window` steps per backward pass; None is full BPTT."""
+
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None:
+            integer("bptt.window", self.window, 1)
 
 
 @dataclass
@@ -85,3 +97,26 @@ def truncated_bptt(model: nn.Module, inputs: Tensor, loss_fn: WindowLoss,
                 total = total + loss.detach()
         flows.append(recorder.flow if recorder is not None and recorder.recorded else None)
     return BPTTResult(total, detach_state(state), bounds, flows)
+
+
+def join_flows(flows: list[GradientFlow | None], windows: list[tuple[int, int]]) -> GradientFlow:
+    """One profile over the whole sequence from the per-window flows of `truncated_bptt`.
+
+    A window that carried no loss had no backward pass: nothing reached its hidden
+    states across the cut, so its steps read 0, which is what the diagnosis should
+    see (reach can never exceed the window).
+    """
+    recorded = [flow for flow in flows if flow is not None]
+    if not recorded:
+        raise ValueError("flows: no window was recorded")
+    first = recorded[0]
+    parts = [flow.norms if flow is not None else
+             torch.zeros(first.norms.shape[0], stop - start, dtype=first.norms.dtype)
+             for flow, (start, stop) in zip(flows, windows, strict=True)]
+    total = sum(flow.norms.numel() for flow in recorded)
+    return GradientFlow(
+        torch.cat(parts, dim=1), first.layers, first.reverse,
+        nonfinite=sum(flow.nonfinite for flow in recorded),
+        subnormal_fraction=sum(f.subnormal_fraction * f.norms.numel() for f in recorded) / total,
+        underflow_fraction=sum(f.underflow_fraction * f.norms.numel() for f in recorded) / total,
+    )

@@ -131,6 +131,23 @@ def parse_init_spec(spec: str) -> tuple[str, dict]:
     return name, {parameters[0]: value}
 
 
+@dataclass(frozen=True)
+class InitConfig:
+    """The `init` section: a scheme with an optional argument, as on the command line
+    (`orthogonal`, `spectral:3.0`, `identity:1.0`, `chrono:300`, `forget_bias:1.0`)."""
+
+    scheme: str = "torch_default"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, str):
+            raise ValueError(f"init.scheme: expected a scheme name, got {self.scheme!r}")
+        parse_init_spec(self.scheme)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        name, kwargs = parse_init_spec(self.scheme)
+        return init_(model, name, **kwargs)
+
+
 def gate_blocks(weight: Tensor, spec: CellSpec) -> tuple[Tensor, ...]:
     """Views of a stacked weight or bias, one per gate in torch's order."""
     return weight.chunk(spec.gates, dim=0)

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
-from rnnscope.cells import Recurrent
+from rnnscope.cells import CELLS, Recurrent
+from rnnscope.fields import choice, integer, number
 
 ENGINES = ("unrolled", "native")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `model` section: which recurrent stack the trainer builds."""
+
+    cell: str = "lstm"
+    hidden: int = 128
+    layers: int = 1
+    # unrolled: rnnscope's cells, every step visible; native: torch's fused kernels,
+    # recorded (run unrolled) only on the probe schedule.
+    engine: str = "unrolled"
+    dropout: float = 0.0  # between stacked layers, in training mode only (as torch)
+
+    def __post_init__(self) -> None:
+        choice("model.cell", self.cell, CELLS)
+        integer("model.hidden", self.hidden, 1)
+        integer("model.layers", self.layers, 1)
+        choice("model.engine", self.engine, ENGINES)
+        number("model.dropout", self.dropout, minimum=0.0, below=1.0)
+
+    def build(self, input_size: int, output_size: int) -> SequenceModel:
+        return SequenceModel(self.cell, input_size, self.hidden, output_size,
+                             num_layers=self.layers, engine=self.engine, dropout=self.dropout)
 
 
 class SequenceModel(nn.Module):

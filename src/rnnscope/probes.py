@@ -15,13 +15,32 @@ can gather them every step and read them once per logged step (`runlog` writes):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from rnnscope.fields import integer
 from rnnscope.numerics import magnitude_bits
 
 NamedParameters = nn.Module | Iterable[tuple[str, Tensor]]
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The `probe` section: how often the trainer records the gradient flow through
+    time (dL/dh_t for every layer and step; 0 = never). Recording costs about one
+    unrolled forward and backward pass, so long runs record every N steps."""
+
+    every: int = 10
+    histograms: bool = True  # gradient histograms to TensorBoard on the same schedule
+
+    def __post_init__(self) -> None:
+        integer("probe.every", self.every, 0)
+
+    def due(self, step: int) -> bool:
+        """Whether update `step` (1-based) is recorded: the first, then every `every`-th."""
+        return self.every > 0 and (step == 1 or step % self.every == 0)
+
 
 def _named_grads(named_parameters: NamedParameters) -> list[tuple[str, Tensor]]:
     if isinstance(named_parameters, nn.Module):

@@ -13,7 +13,7 @@ import sys
 from rnnscope import __version__
 
 # Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
-SUBCOMMANDS: tuple[str, ...] = ("diagnose",)
+SUBCOMMANDS: tuple[str, ...] = ("diagnose", "train")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as exit:  # --help, --version, or bad input already reported
+        return exit.code if isinstance(exit.code, int) else EXIT_BAD_INPUT
     # Dotted overrides (--task.path=data.csv) go to subcommands that take them.
     overrides = getattr(args, "overrides", None)
     if extra and overrides is None:

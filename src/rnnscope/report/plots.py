@@ -21,6 +21,12 @@ def plot_flow_profile(flow: GradientFlow, path: str | Path, *, title: str = "",
     The dashed line is `threshold` x the peak of the first layer: where a curve
     crosses it is that layer's reach.
     """
+    return save_figure(flow_profile_figure(flow, title=title, threshold=threshold), path)
+
+
+def flow_profile_figure(flow: GradientFlow, *, title: str = "", threshold: float = 1e-3):
+    """The figure of `plot_flow_profile`, for callers that render it elsewhere
+    (TensorBoard); close it with `plt.close` or `save_figure`."""
     profiles = flow.steps_back()
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     peak = 0.0
@@ -41,7 +47,7 @@ def plot_flow_profile(flow: GradientFlow, path: str | Path, *, title: str = "",
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    return save_figure(figure, path)
+    return figure
 
 
 def save_figure(figure, path: str | Path) -> Path:

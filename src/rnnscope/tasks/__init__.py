@@ -8,7 +8,8 @@ is reproducible from its seed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from rnnscope.tasks.base import Task
 
@@ -41,6 +42,23 @@ def get_task(name: str, **kwargs) -> Task:
     return TASKS[name](**kwargs)
 
 
+@dataclass(frozen=True)
+class TaskConfig:
+    """The `task` section: a registered task's name and its own settings (`seq_len`,
+    `path`, `columns`, ...), which `get_task` checks against the task's signature."""
+
+    name: str = "adding"
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in TASKS:
+            raise ValueError(f"task.name: unknown {self.name!r}; accepted: "
+                             f"{', '.join(sorted(TASKS))}")
+
+    def build(self) -> Task:
+        return get_task(self.name, **self.settings)
+
+
 def task_settings(name: str) -> dict[str, object]:
     """The settings a task takes, with their defaults (inspect.Parameter.empty if required)."""
     parameters = inspect.signature(TASKS[name].__init__).parameters
@@ -50,4 +68,4 @@ def task_settings(name: str) -> dict[str, object]:
 # Registration happens on import.
 from rnnscope.tasks import adding, copy, pixels, series, temporal_order, text  # noqa: E402,F401
 
-__all__ = ["TASKS", "Task", "get_task", "register_task", "task_settings"]
+__all__ = ["TASKS", "Task", "TaskConfig", "get_task", "register_task", "task_settings"]

@@ -33,6 +33,9 @@ class Task(ABC):
     metric_name: str
     baseline: float
     solved_below: float | None
+    # Which steps the loss scores: "last" (one prediction after the whole sequence) or
+    # "every" (the mean over all steps), so truncated BPTT can split it by window.
+    scored_steps: str = "last"
 
     @abstractmethod
     def batch(self, batch_size: int, generator: torch.Generator,
@@ -46,6 +49,16 @@ class Task(ABC):
     def metric(self, output: Tensor, target: Tensor) -> Tensor:
         """The reported metric (lower is better); the loss unless the task says otherwise."""
         return self.loss(output, target)
+
+    def window_loss(self, output: Tensor, target: Tensor, start: int, stop: int,
+                    steps: int) -> Tensor | None:
+        """The share of `loss` that falls in steps [start, stop) of a `steps`-long sequence,
+        for truncated BPTT: the window losses add up to the whole-sequence loss, so a
+        window >= T is full BPTT. `output` holds that window's steps only; None when
+        the window is not scored (no backward pass is needed for it)."""
+        if self.scored_steps == "every":
+            return self.loss(output, target[start:stop]) * ((stop - start) / steps)
+        return self.loss(output, target) if stop == steps else None
 
     def solved(self, metric: float) -> bool:
         return self.solved_below is not None and metric < self.solved_below

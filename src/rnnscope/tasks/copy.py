@@ -41,6 +41,7 @@ class CopyTask(Task):
     input_size = SYMBOLS
     output_size = 9  # blank and the 8 data symbols: the delimiter is never a target
     metric_name = "cross_entropy"
+    scored_steps = "every"  # blanks are targets too, as in the uRNN paper
 
     def __init__(self, seq_len: int = 100) -> None:
         # T=1 leaves no blank between the symbols and the delimiter, the shortest gap there is.

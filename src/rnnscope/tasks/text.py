@@ -67,6 +67,8 @@ def tokenize(text: str, level: str) -> str | list[str]:
 
 @register_task("text")
 class TextTask(Task):
+    scored_steps = "every"  # the next token is predicted at every step
+
     def __init__(self, path: str, level: str = "char", seq_len: int = 35,
                  valid_fraction: float = 0.1, max_vocab: int = 10000) -> None:
         if level not in LEVELS:

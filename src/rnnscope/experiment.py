@@ -1,0 +1,158 @@
+"""The experiment config: one frozen dataclass per section, each defined next to its
+component, composed here; loaded from YAML and overridden from the command line.
+
+    task      tasks.TaskConfig       name and the task's own settings (seq_len, path, ...)
+    model     model.ModelConfig      cell, hidden, layers, engine, dropout
+    init      init.InitConfig        scheme[:argument]
+    optim     optim.OptimConfig      name, lr, momentum, weight_decay (L2), eps
+    schedule  optim.ScheduleConfig   warmup, decay (step/cosine/plateau), ...
+    clip      clipping.ClipConfig    method, threshold, history, eps
+    bptt      bptt.BPTTConfig        window (truncated BPTT; none = full)
+    probe     probes.ProbeConfig     every (gradient-flow recording schedule), histograms
+    guard     guard.GuardConfig      policy (raise/skip/rollback), limit, factor
+    run       RunConfig (below)      steps, batch, seed, name, out, schedules, device
+
+A section may be written as one string where it has a natural spec: `task: adding`,
+`init: chrono:300`, `clip: norm:1.0`, `guard: rollback`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rnnscope.bptt import BPTTConfig
+from rnnscope.clipping import ClipConfig
+from rnnscope.config import build_section, read_yaml, to_plain
+from rnnscope.fields import choice, integer
+from rnnscope.guard import GuardConfig
+from rnnscope.init import InitConfig
+from rnnscope.model import ModelConfig
+from rnnscope.optim import OptimConfig, ScheduleConfig
+from rnnscope.probes import ProbeConfig
+from rnnscope.tasks import TASKS, TaskConfig, task_settings
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The `run` section: length, batch, seed, where results go, and the schedules of
+    evaluation and checkpoints (in optimiser steps; 0 = only at the end)."""
+
+    steps: int = 1000
+    batch: int = 64
+    seed: int = 0
+    name: str | None = None  # default: <task>-<cell>-<init>
+    out: str | None = None  # the run directory; default: runs/<name>
+    eval_every: int = 100
+    eval_batches: int = 4
+    checkpoint_every: int = 100
+    early_stop: bool = True  # stop once the held-out metric is below the task's threshold
+    flush_denormal: bool = True  # subnormals make CPU steps up to 10x slower (DESIGN.md)
+    device: str = "cpu"  # auto: cuda when available
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        integer("run.steps", self.steps, 1)
+        integer("run.batch", self.batch, 1)
+        integer("run.seed", self.seed, 0)
+        integer("run.eval_every", self.eval_every, 0)
+        integer("run.eval_batches", self.eval_batches, 1)
+        integer("run.checkpoint_every", self.checkpoint_every, 0)
+        choice("run.device", self.device, DEVICES)
+        for key in ("name", "out"):
+            if getattr(self, key) == "":
+                raise ValueError(f"run.{key}: must not be empty")
+
+
+SECTIONS: dict[str, type] = {
+    "task": TaskConfig, "model": ModelConfig, "init": InitConfig, "optim": OptimConfig,
+    "schedule": ScheduleConfig, "clip": ClipConfig, "bptt": BPTTConfig,
+    "probe": ProbeConfig, "guard": GuardConfig, "run": RunConfig,
+}
+# The field a section's one-string form sets (`clip: norm:1.0` is parsed by ClipConfig).
+SPEC_FIELDS = {"task": "name", "init": "scheme", "guard": "policy"}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    bptt: BPTTConfig = field(default_factory=BPTTConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict, base: ExperimentConfig | None = None) -> ExperimentConfig:
+        """Sections of `data` over `base` (else the defaults); unknown sections and keys and
+        wrong types are one-line ValueErrors listing what is accepted."""
+        config = base or cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected a mapping of sections, got {data!r}")
+        for section, values in data.items():
+            if section not in SECTIONS:
+                raise ValueError(f"{section}: unknown section; accepted: {', '.join(SECTIONS)}")
+            if values is None:
+                continue
+            if section == "clip" and isinstance(values, str):
+                updated = ClipConfig.from_spec(values)
+            elif isinstance(values, str) and section in SPEC_FIELDS:
+                updated = _section(config, section, {SPEC_FIELDS[section]: values})
+            else:
+                updated = _section(config, section, values)
+            config = dataclasses.replace(config, **{section: updated})
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        return cls.from_dict(read_yaml(path))
+
+    def with_overrides(self, overrides: dict[str, dict]) -> ExperimentConfig:
+        return ExperimentConfig.from_dict(overrides, base=self)
+
+    def to_dict(self) -> dict:
+        """Every field of every section (defaults included): what `config.yaml` holds and
+        what `from_dict` reads back to the same config."""
+        data = {name: to_plain(getattr(self, name)) for name in SECTIONS}
+        settings = data["task"].pop("settings")
+        data["task"].update(dict(settings))
+        return data
+
+    @property
+    def run_name(self) -> str:
+        if self.run.name:
+            return self.run.name
+        return re.sub(r"[^A-Za-z0-9._-]+", "", f"{self.task.name}-{self.model.cell}-"
+                                                 f"{self.init.scheme.replace(':', '')}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out) if self.run.out else Path("runs") / self.run_name
+
+
+def _section(config: ExperimentConfig, section: str, values: dict):
+    if section != "task":
+        return build_section(SECTIONS[section], section, values, base=getattr(config, section))
+    if not isinstance(values, dict):
+        raise ValueError(f"task: expected a mapping of keys to values, got {values!r}")
+    values = dict(values)
+    name = values.pop("name", config.task.name)
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"task.name: unknown {name!r}; accepted: {', '.join(sorted(TASKS))}")
+    # Another task's settings (from the base config) do not carry over to a new task.
+    settings = dict(config.task.settings) if name == config.task.name else {}
+    accepted = task_settings(name)
+    for key in values:
+        if key not in accepted:
+            raise ValueError(f"task.{key}: not a setting of task {name!r}; accepted: name, "
+                             f"{', '.join(accepted) or 'none'}")
+    settings.update(values)
+    return TaskConfig(name, settings)

@@ -1,0 +1,188 @@
+"""The run directory: everything a run leaves behind, written so a crash never leaves
+a half-written file that a reader or `--resume` could trust.
+
+    runs/NAME/
+      config.yaml          the resolved experiment config (every field, defaults included)
+      metrics.jsonl        one JSON object per line: {"kind": "train", "step": ...} every
+                           step, {"kind": "eval", ...} on the eval schedule; train lines
+                           carry the gradient flow through time on the probe schedule
+      summary.json         the result (status, steps, metric, diagnosis, ...), at the end
+      events.out.tfevents.*  TensorBoard: scalars, gradient histograms, the flow profile
+      checkpoints/last.pt  model, optimiser, schedule, RNG and guard state (resume)
+      checkpoints/best.pt  the weights with the best held-out metric so far
+
+Checkpoints and JSON files are written to a temporary file and renamed into place;
+metrics lines are flushed one by one and cut back to the checkpoint on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rnnscope.config import write_yaml
+from rnnscope.files import atomic_target, json_safe, write_json
+
+CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+CHECKPOINTS = "checkpoints"
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / CONFIG
+        self.metrics_path = self.path / METRICS
+        self.summary_path = self.path / SUMMARY
+        self.checkpoint_dir = self.path / CHECKPOINTS
+        self._metrics = None
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict) -> RunDirectory:
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise ValueError(f"out: {run.path} exists and is not a directory")
+        if run.config_path.exists():
+            raise ValueError(f"out: {run.path} already holds a run; continue it with --resume "
+                             f"or choose another --out")
+        run.path.mkdir(parents=True, exist_ok=True)
+        with atomic_target(run.config_path) as temporary:
+            write_yaml(temporary, config)
+        return run
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunDirectory:
+        run = cls(path)
+        if not run.config_path.is_file():
+            raise ValueError(f"out: {run.path} holds no run to resume (no {CONFIG})")
+        return run
+
+    # metrics.jsonl
+
+    def append(self, record: dict) -> None:
+        if self._metrics is None:
+            self._metrics = self.metrics_path.open("a", encoding="utf-8")
+        self._metrics.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        self._metrics.flush()
+
+    def cut_metrics(self, after_step: int) -> None:
+        """Drop lines past `after_step` (written after the checkpoint a resume starts from),
+        and a last line cut short by a kill."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if record.get("step", 0) <= after_step:
+                kept.append(line)
+        with atomic_target(self.metrics_path) as temporary:
+            temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in
+                self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
+
+    # checkpoints
+
+    def save_checkpoint(self, name: str, state: dict) -> bool:
+        """Write `checkpoints/<name>.pt` atomically; refuse (return False) if any tensor in
+        it is not finite, so a resume never starts from a diverged state."""
+        if not all_finite(state):
+            return False
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        with atomic_target(self.checkpoint_dir / f"{name}.pt") as temporary:
+            torch.save(state, temporary)
+        return True
+
+    def load_checkpoint(self, name: str) -> dict:
+        path = self.checkpoint_dir / f"{name}.pt"
+        if not path.is_file():
+            raise ValueError(f"resume: {path} not found; the run stopped before its first "
+                             f"checkpoint, start it again without --resume")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, summary)
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+def all_finite(state) -> bool:
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(all_finite(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(all_finite(value) for value in state)
+    return True
+
+
+class TensorBoardLog:
+    """Listener writing TensorBoard events into the run directory (`tensorboard --logdir
+    runs` shows every run): scalars every step, gradient histograms and the flow profile
+    image on the probe schedule."""
+
+    def __init__(self, path: Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: slow
+
+        self.writer = SummaryWriter(log_dir=str(path), purge_step=purge_step)
+
+    def after_step(self, state) -> None:
+        step, scalars = state.step, state.scalars()
+        for key, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(f"train/{key}", value, step)
+        if state.flow is not None and state.diagnosis is not None:
+            self.writer.add_scalar("flow/reach", state.diagnosis.reach, step)
+            self.writer.add_scalar("flow/rate", state.diagnosis.rate, step)
+        for name, grad in state.grads.items():
+            if torch.isfinite(grad).all():
+                self.writer.add_histogram(f"grad/{name}", grad, step)
+
+    def on_eval(self, evaluation) -> None:
+        self.writer.add_scalar("valid/loss", evaluation.loss, evaluation.step)
+        self.writer.add_scalar(f"valid/{evaluation.metric_name}", evaluation.metric,
+                               evaluation.step)
+
+    def add_flow_image(self, flow, step: int, title: str) -> None:
+        from rnnscope.report.plots import flow_profile_figure
+
+        self.writer.add_figure("flow/profile", flow_profile_figure(flow, title=title), step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MetricsLog:
+    """Listener writing `metrics.jsonl`: a train line every step (with the gradient flow
+    through time on the probe schedule), an eval line on the eval schedule."""
+
+    def __init__(self, run: RunDirectory) -> None:
+        self.run = run
+
+    def after_step(self, state) -> None:
+        record = {"kind": "train", "step": state.step, **state.scalars(),
+                  "clipped": state.clipped}
+        if state.action:
+            record["guard"] = state.action
+        if state.flow is not None:
+            record["flow"] = {"layers": state.flow.layers,
+                              "norms": state.flow.norms.tolist()}
+        if state.diagnosis is not None:
+            record.update(verdict=state.diagnosis.verdict, reach=state.diagnosis.reach,
+                          rate=state.diagnosis.rate)
+        self.run.append(record)
+
+    def on_eval(self, evaluation) -> None:
+        self.run.append({"kind": "eval", "step": evaluation.step, "loss": evaluation.loss,
+                         "metric": evaluation.metric, "metric_name": evaluation.metric_name,
+                         "solved": evaluation.solved})

@@ -1,0 +1,154 @@
+"""`rnnscope.train(config)`: a Trainer wired to its run directory.
+
+It validates and builds everything before it writes anything (bad input leaves no
+directory behind), saves the resolved config, attaches the listeners (metrics,
+TensorBoard, checkpoints, progress bar), runs the loop, and ends with a diagnosis
+of the trained model and `summary.json`. With `resume=True` it continues a run
+from `checkpoints/last.pt` and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnscope.diagnosis import Diagnosis
+from rnnscope.experiment import ExperimentConfig
+from rnnscope.guard import TrainingDiverged
+from rnnscope.numerics import flush_denormal
+from rnnscope.progress import ProgressBar, wanted
+from rnnscope.runlog import MetricsLog, RunDirectory, TensorBoardLog
+from rnnscope.train import Trainer
+
+STATUSES = ("solved", "finished", "diverged", "interrupted")
+
+
+@dataclass
+class RunResult:
+    status: str  # solved | finished | diverged | interrupted
+    steps: int
+    final_loss: float
+    metric_name: str
+    metric: float
+    baseline: float
+    solved: bool
+    diagnosis: Diagnosis | None
+    run_dir: Path
+    seconds: float
+    rollbacks: int = 0
+    skipped: int = 0
+    clip_rate: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        diagnosis = self.diagnosis
+        return {
+            "status": self.status, "steps": self.steps, "final_loss": self.final_loss,
+            "metric": {"name": self.metric_name, "value": self.metric},
+            "baseline": self.baseline, "solved": self.solved,
+            "diagnosis": None if diagnosis is None else {
+                "verdict": diagnosis.verdict, "reach": diagnosis.reach,
+                "rate": diagnosis.rate, "fixes": [fix.cli for fix in diagnosis.fixes[:3]]},
+            "run_dir": str(self.run_dir), "seconds": round(self.seconds, 3),
+            "rollbacks": self.rollbacks, "skipped": self.skipped,
+            "clip_rate": self.clip_rate, "message": self.message,
+        }
+
+
+def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
+    """Train as `config` says and write the run directory (`config.run_dir`).
+
+    `resume=True` continues the run in `config.run_dir` from its last checkpoint
+    with the config saved there. Raises ValueError on bad input before writing.
+    """
+    started = time.perf_counter()
+    if resume:
+        run = RunDirectory.existing(config.run_dir)
+        saved = ExperimentConfig.from_yaml(run.config_path)
+        checkpoint = run.load_checkpoint("last")
+        trainer = Trainer(saved)
+        trainer.load_state_dict(checkpoint)
+        run.cut_metrics(trainer.step)
+        if checkpoint.get("status") in ("solved", "finished"):
+            return _finish(trainer, run, checkpoint["status"], "", started)
+    else:
+        trainer = Trainer(config)  # builds the task, model and optimiser: may raise
+        run = RunDirectory.create(config.run_dir, config.to_dict())
+    config = trainer.config
+
+    metrics = MetricsLog(run)
+    board = TensorBoardLog(run.path, purge_step=trainer.step + 1 if resume else None)
+    for listener in (metrics, board):
+        trainer.on("after_step", listener.after_step)
+        trainer.on("on_eval", listener.on_eval)
+    latest_flow = {}
+    trainer.on("after_step", lambda state: state.flow is not None and latest_flow.update(
+        flow=state.flow, step=state.step))
+    trainer.on("on_eval", lambda evaluation: "flow" in latest_flow and board.add_flow_image(
+        latest_flow["flow"], evaluation.step, f"{config.run_name}, step {latest_flow['step']}"))
+    status_holder = {"status": "running"}
+
+    def checkpoint(trainer: Trainer) -> None:
+        run.save_checkpoint("last", {**trainer.state_dict(), "status": status_holder["status"]})
+
+    trainer.on("on_checkpoint", checkpoint)
+    best = {"metric": math.inf}
+
+    def keep_best(evaluation) -> None:
+        if evaluation.metric < best["metric"]:
+            best["metric"] = evaluation.metric
+            run.save_checkpoint("best", {"step": evaluation.step, "metric": evaluation.metric,
+                                         "model": trainer.model.state_dict()})
+
+    trainer.on("on_eval", keep_best)
+
+    status, message = "interrupted", ""
+    flushed = config.run.flush_denormal and flush_denormal(True)
+    bar = ProgressBar(config.run.steps, config.run_name, trainer.step) \
+        if wanted(config.run.quiet) else None
+    if bar is not None:
+        trainer.on("after_step", bar.after_step)
+        trainer.on("on_eval", bar.on_eval)
+    try:
+        if bar is not None:
+            bar.__enter__()
+        status = trainer.fit()
+    except TrainingDiverged as error:
+        status, message = "diverged", str(error)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        board.close()
+        run.close()
+        if flushed:
+            flush_denormal(False)
+    status_holder["status"] = status
+    if status in ("solved", "finished"):
+        checkpoint(trainer)  # records the status, so a --resume of a done run is a no-op
+    return _finish(trainer, run, status, message, started)
+
+
+def _finish(trainer: Trainer, run: RunDirectory, status: str, message: str,
+            started: float) -> RunResult:
+    evaluation = trainer.evaluation
+    if evaluation is None or evaluation.step != trainer.step:
+        evaluation = trainer.evaluate()
+    diagnosis = trainer.final_diagnosis()
+    records = [r for r in run.read_metrics() if r["kind"] == "train"]
+    result = RunResult(
+        status=status, steps=trainer.step,
+        final_loss=records[-1]["loss"] if records and records[-1]["loss"] is not None
+        else math.nan,
+        metric_name=evaluation.metric_name, metric=evaluation.metric,
+        baseline=trainer.task.baseline, solved=evaluation.solved, diagnosis=diagnosis,
+        run_dir=run.path, seconds=time.perf_counter() - started,
+        rollbacks=trainer.guard.rollbacks, skipped=trainer.guard.skipped,
+        clip_rate=trainer.clipped_steps / max(trainer.step, 1), message=message)
+    run.write_summary({**result.to_dict(), "name": trainer.config.run_name,
+                       "evidence": diagnosis.evidence if diagnosis else None})
+    return result
+
+
+__all__ = ["RunResult", "STATUSES", "train"]

@@ -1,0 +1,262 @@
+"""The training loop: one task, one model, the remedies, and named events.
+
+The loop knows nothing of logging, checkpoints or the NaN guard: they listen to
+its events (minGPT's trainer "has nothing to do with GPT"):
+
+    after_backward(step)  gradients (and, on the probe schedule, the gradient flow
+                          through time) are in; nothing is clipped yet
+    before_step(step)     clipped; the guard may veto the update or roll back
+    after_step(step)      the optimiser has stepped; loggers write the step
+    on_eval(evaluation)   held-out loss and metric, on the eval schedule
+    on_checkpoint(trainer)  the state to save, on the checkpoint schedule and at the end
+
+`train(config)` wires the run directory, TensorBoard, the progress bar and
+checkpoints to these events; `Trainer` alone is the bare loop for library use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rnnscope.bptt import join_flows, truncated_bptt
+from rnnscope.clipping import Clipper, ClipResult
+from rnnscope.diagnosis import Diagnosis, diagnose
+from rnnscope.experiment import ExperimentConfig
+from rnnscope.guard import Guard, TrainingDiverged, clone_state
+from rnnscope.optim import LRSchedule, build_optimizer
+from rnnscope.recording import GradientFlow, record
+
+EVENTS = ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoint")
+# Held-out batches come from their own generators, seeded apart from the training data,
+# so every evaluation sees the same batches and evaluating never shifts training data.
+EVAL_SEED, DIAGNOSIS_SEED = 1_000_003, 2_000_003
+
+
+@dataclass
+class StepState:
+    """One optimiser step as listeners see it (numbers read once, after clipping)."""
+
+    step: int  # 1-based: the number of this update
+    lr: float
+    loss: float = math.nan
+    clip: ClipResult | None = None
+    grad_norm: float = math.nan  # total L2 norm before clipping
+    grad_norm_clipped: float = math.nan
+    clipped: bool = False
+    finite: bool = True
+    flow: GradientFlow | None = None  # on the probe schedule
+    diagnosis: Diagnosis | None = None  # of `flow`
+    grads: dict[str, Tensor] = field(default_factory=dict)  # for histograms, on the probe schedule
+    skip: bool = False  # set by the guard: no update this step
+    action: str | None = None  # what the guard did: "skip" or "rollback"
+    clip_rate: float = 0.0  # fraction of the run's steps so far that were clipped
+
+    def scalars(self) -> dict[str, float]:
+        return {"loss": self.loss, "grad_norm": self.grad_norm,
+                "grad_norm_clipped": self.grad_norm_clipped, "lr": self.lr,
+                "clip_rate": self.clip_rate}
+
+
+@dataclass
+class Evaluation:
+    step: int
+    loss: float
+    metric: float
+    metric_name: str
+    solved: bool
+
+
+class Trainer:
+    """Builds everything from an `ExperimentConfig` and runs the loop (`fit`)."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.device = _device(config.run.device)
+        torch.manual_seed(config.run.seed)  # initial weights and dropout masks
+        self.task = config.task.build()
+        self.model = config.model.build(self.task.input_size, self.task.output_size)
+        config.init.apply(self.model)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        self.schedule = LRSchedule(config.schedule, config.optim.lr, config.run.steps)
+        self.clipper = Clipper(config.clip)
+        self.data = torch.Generator().manual_seed(config.run.seed)
+        self.step = 0  # updates done
+        self.clipped_steps = 0
+        self.evaluation: Evaluation | None = None
+        self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
+        self.guard = Guard(config.guard, self)
+        self.on("before_step", self.guard.before_step)
+
+    def on(self, event: str, listener: Callable) -> None:
+        if event not in self.listeners:
+            raise ValueError(f"event: unknown {event!r}; accepted: {', '.join(EVENTS)}")
+        self.listeners[event].append(listener)
+
+    def fire(self, event: str, payload) -> None:
+        for listener in self.listeners[event]:
+            listener(payload)
+
+    # the loop
+
+    def fit(self) -> str:
+        """Train until `run.steps` or until solved; returns the status: "solved",
+        "finished", or raises TrainingDiverged (the guard gave up)."""
+        run = self.config.run
+        status = "finished"
+        while self.step < run.steps:
+            self.train_step()
+            last = self.step == run.steps
+            if last or (run.eval_every and self.step % run.eval_every == 0):
+                evaluation = self.evaluate()
+                if run.early_stop and evaluation.solved:
+                    status = "solved"
+            if status == "solved" or last or (
+                    run.checkpoint_every and self.step % run.checkpoint_every == 0):
+                self.fire("on_checkpoint", self)
+            if status == "solved":
+                break
+        return status
+
+    def train_step(self) -> StepState:
+        config, step = self.config, self.step + 1
+        state = StepState(step, lr=self.schedule.apply(self.optimizer, self.step))
+        inputs, targets = self.task.batch(config.run.batch, self.data, "train")
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        steps = inputs.shape[0]
+        probing = config.probe.due(step)
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # Forward and backward in windows of bptt.window steps (bptt.py draws it):
+        # each window's share of the loss is backpropagated as soon as it is known and
+        # the state is detached at the cut, so no gradient crosses a window boundary.
+        # One window (the default) is full BPTT. On the probe schedule every window
+        # is recorded, which yields dL/dh_t for every layer and step.
+        result = truncated_bptt(
+            self.model, inputs,
+            lambda output, start, stop: self.task.window_loss(output, targets, start, stop,
+                                                              steps),
+            window=config.bptt.window, record_flow=probing)
+        if probing and any(flow is not None for flow in result.flows):
+            state.flow = join_flows(result.flows, result.windows)
+            state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.current())
+        if probing and config.probe.histograms:
+            state.grads = {name: p.grad.detach().cpu() for name, p in
+                           self.model.named_parameters() if p.grad is not None}
+        self.fire("after_backward", state)
+
+        # Clip after the backward pass and before the update (nanoGPT's order), then read
+        # every number of this step in one host sync.
+        clip = state.clip = self.clipper(self.model.parameters())
+        numbers = torch.stack([result.loss.detach().double().cpu(),
+                               clip.norm_before.double().cpu(), clip.norm_after.double().cpu(),
+                               clip.clipped.double().cpu(), clip.nonfinite.double().cpu()])
+        loss, before, after, clipped, nonfinite = numbers.tolist()
+        state.loss, state.grad_norm, state.grad_norm_clipped = loss, before, after
+        state.clipped = bool(clipped)
+        state.finite = math.isfinite(loss) and not nonfinite
+        self.fire("before_step", state)  # the guard acts here
+        if not state.skip:
+            self.optimizer.step()
+        self.step = step
+        self.clipped_steps += state.clipped
+        state.clip_rate = self.clipped_steps / step
+        self.fire("after_step", state)
+        return state
+
+    @torch.no_grad()
+    def evaluate(self) -> Evaluation:
+        """Mean loss and metric over `run.eval_batches` held-out batches (the same ones at
+        every evaluation)."""
+        run = self.config.run
+        generator = torch.Generator().manual_seed(run.seed + EVAL_SEED)
+        self.model.eval()
+        losses, metrics = [], []
+        try:
+            for _ in range(run.eval_batches):
+                inputs, targets = self.task.batch(run.batch, generator, "valid")
+                inputs, targets = inputs.to(self.device), targets.to(self.device)
+                output, _ = self.model(inputs)
+                losses.append(self.task.loss(output, targets).double())
+                metrics.append(self.task.metric(output, targets).double())
+        finally:
+            self.model.train()
+        loss, metric = torch.stack(losses).mean().item(), torch.stack(metrics).mean().item()
+        self.evaluation = Evaluation(self.step, loss, metric, self.task.metric_name,
+                                     self.task.solved(metric))
+        self.schedule.observe(metric)
+        self.fire("on_eval", self.evaluation)
+        return self.evaluation
+
+    def final_diagnosis(self) -> Diagnosis:
+        """The diagnosis of the trained model on one held-out batch with full BPTT, with
+        the model evidence (W_hh spectral radius, Lyapunov exponent) as well."""
+        run = self.config.run
+        generator = torch.Generator().manual_seed(run.seed + DIAGNOSIS_SEED)
+        inputs, targets = self.task.batch(run.batch, generator, "valid")
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with record(self.model) as recorder:
+            output, _ = self.model(inputs)
+            self.task.loss(output, targets).backward()
+        result = diagnose(recorder, lr=self.schedule.lr(max(self.step - 1, 0)),
+                          current=self.current())
+        self.optimizer.zero_grad(set_to_none=True)
+        return result
+
+    def current(self) -> dict[str, str]:
+        """The settings in force, as the CLI flags that diagnosis fixes are written in."""
+        config = self.config
+        current = {"cell": config.model.cell, "init": config.init.scheme,
+                   "clip": config.clip.spec, "guard": config.guard.policy,
+                   "optim.weight_decay": f"{config.optim.weight_decay:g}"}
+        if config.bptt.window is not None:
+            current["bptt.window"] = str(config.bptt.window)
+        return current
+
+    # state: snapshots for the guard, checkpoints for resume
+
+    def snapshot(self) -> dict:
+        return {"model": clone_state(self.model.state_dict()),
+                "optimizer": clone_state(self.optimizer.state_dict())}
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(clone_state(snapshot["optimizer"]))
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly as if never stopped."""
+        evaluation = self.evaluation.__dict__ if self.evaluation is not None else None
+        return {"step": self.step, "clipped_steps": self.clipped_steps,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
+                "guard": self.guard.state_dict(), "evaluation": evaluation,
+                "rng": {"data": self.data.get_state(), "torch": torch.get_rng_state()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.clipped_steps = state["step"], state["clipped_steps"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.clipper.load_state_dict(state["clipper"])
+        self.guard.load_state_dict(state["guard"])
+        self.evaluation = Evaluation(**state["evaluation"]) if state["evaluation"] else None
+        self.data.set_state(state["rng"]["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device: cuda is not available on this machine; accepted here: "
+                         "cpu, auto")
+    return torch.device(name)
+
+
+__all__ = ["EVENTS", "Evaluation", "StepState", "Trainer", "TrainingDiverged"]
