@@ -159,3 +159,60 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path)
     # Resuming a finished run changes nothing.
     again = rnnscope_cli("train", "--resume", "--out", str(killed), "--quiet", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["steps"] == 150
+
+
+def test_resume_before_the_first_checkpoint_starts_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--steps", "6", "--run.checkpoint_every=0", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    # As if killed before any checkpoint: only config.yaml and part of the metrics remain.
+    (out / "checkpoints" / "last.pt").unlink()
+    (out / "summary.json").unlink()
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == list(range(1, 7))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other model"])
+def test_resume_from_a_damaged_checkpoint_is_one_line_exit_2(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    last = out / "checkpoints" / "last.pt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:500])
+    elif damage == "garbage":
+        last.write_text("not a checkpoint")
+    else:
+        torch.save({"step": 1, "model": {"w": torch.zeros(2)}}, last)
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnscope: error: resume: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_data_too_small_for_the_batch_fails_before_writing(tmp_path, capsys):
+    text = tmp_path / "small.txt"
+    text.write_text("abcdefghij" * 30)  # 300 characters: 30 held out, too few for 64 columns
+    out = tmp_path / "run"
+    code = main(["train", "--task", "text", f"--task.path={text}", "--seq-len", "20",
+                 "--batch", "64", "--steps", "3", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert "batch_size" in capsys.readouterr().err
+
+
+def test_clipping_rescues_gradients_too_large_for_float32_squares(tmp_path, capsys):
+    """A relu RNN with spectral radius 3 at T=50: gradients near 1e19 whose float32
+    squares overflow. Clipping by norm must act on them, not call them NaN."""
+    out = tmp_path / "run"
+    code = main(["train", "--cell", "rnn_relu", "--init", "spectral:3.0", "--seq-len", "50",
+                 "--hidden", "16", "--batch", "16", "--steps", "5", "--clip", "norm:1.0",
+                 "--quiet", "--json", "--out", str(out), "--probe.histograms=false"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["status"] == "finished"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    first = lines[0]
+    assert first["grad_norm"] > 1e19 and first["grad_norm_clipped"] == pytest.approx(1.0, rel=1e-3)

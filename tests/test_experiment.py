@@ -33,6 +33,15 @@ def test_overrides_are_typed_and_layered():
     assert config.run.name == "7"
 
 
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 1e-3}\n")  # PyYAML reads 1e-3 as a string
+    config = ExperimentConfig.from_yaml(path)
+    assert config.optim.lr == 0.001
+    with pytest.raises(ValueError, match="schedule.warmup: expected an integer, got 100.0"):
+        ExperimentConfig.from_dict({"schedule": {"warmup": "1e2"}})
+
+
 def test_changing_the_task_drops_the_old_task_settings():
     base = ExperimentConfig.from_dict({"task": {"name": "adding", "seq_len": 50}})
     assert base.with_overrides({"task": {"seq_len": 60}}).task.settings == {"seq_len": 60}
@@ -61,6 +70,8 @@ def test_changing_the_task_drops_the_old_task_settings():
     ({"optim": {"name": "adamw"}}, "optim.name: unknown 'adamw'"),
     ({"schedule": {"decay": "exp"}}, "schedule.decay: unknown 'exp'"),
     ({"model": 3}, "model: expected a mapping of keys to values, got 3"),
+    ({"run": {"name": "../x"}}, "run.name: must be a plain name without / or \\"),
+    ({"run": {"name": ".."}}, "run.name: must be a plain name"),
 ])
 def test_bad_values_name_the_field_and_what_is_accepted(data, message):
     with pytest.raises(ValueError) as error:

@@ -234,11 +234,22 @@ def test_scale_by_multiplies_every_later_rate(decay):
                                                                 rel=1e-12)
 
 
-def test_scale_by_with_a_cosine_floor_scales_the_peak_only():
+def test_scale_by_scales_the_whole_schedule_floor_included():
+    """The guard's cut applies last: a floor (min_lr) never undoes it, and the rate
+    never rises over the run because the scaled peak fell below the floor."""
     schedule = LRSchedule(ScheduleConfig(decay="cosine", min_lr=0.01), BASE, 100)
     schedule.scale_by(0.5)
     assert schedule.lr(0) == pytest.approx(0.05)
-    assert schedule.lr(50) == pytest.approx(0.01 + (0.05 - 0.01) / 2)
+    assert schedule.lr(50) == pytest.approx(0.5 * (0.01 + (0.1 - 0.01) / 2))
+    schedule.scale_by(0.01)
+    rates = [schedule.lr(step) for step in range(100)]
+    assert rates == sorted(rates, reverse=True)
+    plateau = LRSchedule(ScheduleConfig(decay="plateau", min_lr=0.05, patience=0), BASE, 100)
+    for metric in (1.0, 2.0, 3.0, 4.0):
+        plateau.observe(metric)
+    assert plateau.lr(0) == pytest.approx(0.05)  # decayed down to the floor
+    plateau.scale_by(0.5)
+    assert plateau.lr(0) == pytest.approx(0.025)  # the rollback's cut still takes effect
 
 
 def test_apply_sets_every_parameter_group():

@@ -159,8 +159,11 @@ def test_skip_counts_and_gives_up_after_the_limit(tmp_path):
     config = exploding(tmp_path, "skip").with_overrides({"guard": {"limit": 3}})
     result = rnnscope.train(config)
     # Skipping does not change the weights that overflow, so every later step is skipped.
-    assert result.status == "diverged" and "4 steps in a row skipped" in result.message
-    assert result.skipped == 4 and "guard.limit=3" in result.message
+    assert result.status == "diverged" and "3 steps in a row skipped" in result.message
+    assert result.skipped == 3 and "guard.limit=3" in result.message
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    actions = [line["guard"] for line in lines if "guard" in line]
+    assert actions == ["skip", "skip", "skip", "gave_up"]  # the step it gave up on is logged
 
 
 def test_checkpoints_are_never_written_with_nonfinite_values(tmp_path):
@@ -218,3 +221,27 @@ def test_run_directory_is_a_tensorboard_log(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
     assert "flow/profile" in tags["images"]
     assert "grad/rnn.weight_hh_l0" in tags["histograms"]
+
+
+def test_public_names():
+    from rnnscope.runner import train
+    from rnnscope.train import Trainer as LoopTrainer
+
+    assert rnnscope.train is train and LoopTrainer is Trainer  # the function, not the module
+    assert rnnscope.ExperimentConfig is ExperimentConfig
+
+
+def test_metrics_lines_carry_the_probes(tmp_path):
+    rnnscope.train(tiny(tmp_path, model={"layers": 2}))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    first = lines[0]
+    assert first["kind"] == "train" and first["step"] == 1
+    assert first["grad_norms"]["grad_norm_total"] == pytest.approx(first["grad_norm"], rel=1e-5)
+    assert "grad_norm/rnn.weight_hh_l1" in first["grad_norms"]
+    assert first["flow"]["layers"] == ["rnn.l0", "rnn.l1"]
+    assert len(first["flow"]["norms"][0]) == 12 and 0 <= first["flow"]["subnormal_fraction"] <= 1
+    assert first["verdict"] in ("vanishing", "healthy", "exploding") and first["reach"] >= 1
+    train = [line for line in lines if line["kind"] == "train"]
+    assert [line["step"] for line in train if "flow" in line] == [1, 2, 4, 6]  # every=2
+    evals = [line for line in lines if line["kind"] == "eval"]
+    assert [line["step"] for line in evals] == [3, 6] and evals[0]["metric_name"] == "mse"

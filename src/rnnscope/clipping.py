@@ -140,10 +140,20 @@ def clip_grad(parameters: Tensor | Iterable[Tensor], method: str, **kw) -> ClipR
 
 
 def _total_norm(grads: list[Tensor], norm_type: float = 2.0) -> tuple[Tensor, Tensor]:
-    """The total norm exactly as clip_grad_norm_ computes it, and whether it is non-finite:
-    a NaN or inf gradient makes it so, and so do float32 squares that overflow (|g| beyond
-    ~1e19), which cannot be clipped by norm either; torch would zero every gradient then."""
+    """The total norm as clip_grad_norm_ computes it, and whether a gradient is non-finite.
+
+    Exploding gradients are where clipping matters most, and there float32 squares
+    overflow (|g| beyond ~1e19) although every entry and the norm itself are finite;
+    torch then returns inf and would zero every gradient. Here the norm is recomputed
+    in float64 in that case, so huge gradients are clipped, not mistaken for NaN.
+    """
     total = torch.nn.utils.get_total_norm(grads, norm_type)
+    if not grads:
+        return total, ~torch.isfinite(total)
+    entries_finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf))
+    wide = torch.nn.utils.get_total_norm(
+        [torch.linalg.vector_norm(g, norm_type, dtype=torch.float64) for g in grads], norm_type)
+    total = torch.where(torch.isinf(total) & entries_finite, wide.to(total), total)
     return total, ~torch.isfinite(total)
 
 
@@ -213,7 +223,9 @@ def param_norm(params: list[Tensor], grads: list[Tensor], *, max_norm: float) ->
     total, nonfinite = _total_norm(grads)
     if not grads:
         return _unchanged(total, nonfinite, max_norm)
-    norms = torch.stack([n.to(total.device) for n in torch._foreach_norm(grads)])
+    # float64: an exploding parameter's squares may pass float32's range.
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64).to(total.device)
+                         for g in grads])
     coefs = torch.clamp(max_norm / (norms + _EPS), max=1.0)
     coefs = torch.where(nonfinite, torch.ones_like(coefs), coefs)
     for g, c in zip(grads, coefs, strict=True):
@@ -237,15 +249,22 @@ def autoclip(params: list[Tensor], grads: list[Tensor], *,
     total, nonfinite = _total_norm(grads)
     if grads:  # with nothing measured, nothing enters the history
         history.append(total)
-        return _by_global_norm(grads, history.percentile(percentile), total, nonfinite)
+        threshold = history.percentile(percentile)
+        result = _by_global_norm(grads, threshold, total, nonfinite)
+        # The current norm is in its own history: at or below the percentile the
+        # coefficient t / (t + 1e-6) is a rounding, not a clip, and is not counted as one.
+        result.clipped = result.clipped & (total > threshold)
+        return result
     return _unchanged(total, nonfinite, history.percentile(percentile))
 
 
 def _unit_norms(x: Tensor) -> Tensor:
     """L2 norm of each row (unit) of a >=2-D tensor, shaped to broadcast; of all of a 0/1-D."""
+    # float64: a unit of an exploding gradient may square past float32's range.
     if x.dim() <= 1:
-        return torch.linalg.vector_norm(x)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
+        return torch.linalg.vector_norm(x, dtype=torch.float64)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True,
+                                    dtype=torch.float64)
 
 
 @register("agc")

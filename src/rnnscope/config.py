@@ -45,6 +45,8 @@ def coerce(field: str, annotation, value):
                                   (isinstance(value, str) and value.lower() in NONE_WORDS)):
         return None
     kinds = [kind for kind in options if kind is not type(None)]
+    if isinstance(value, str) and (float in kinds or int in kinds):
+        value = _number_text(value)  # YAML reads 1e-3 (no dot) as a string
     for kind in kinds:
         if kind is bool and isinstance(value, bool):
             return value
@@ -59,6 +61,15 @@ def coerce(field: str, annotation, value):
             return value
     names = " or ".join(_type_name(kind) for kind in options)
     raise ValueError(f"{field}: expected {names}, got {value!r}")
+
+
+def _number_text(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _is_union(annotation) -> bool:

@@ -66,6 +66,11 @@ class RunConfig:
         for key in ("name", "out"):
             if getattr(self, key) == "":
                 raise ValueError(f"run.{key}: must not be empty")
+        # A name is one directory under runs/; a path belongs in run.out.
+        if self.name is not None and (self.name in (".", "..") or
+                                      re.search(r"[/\\]", self.name)):
+            raise ValueError(f"run.name: must be a plain name without / or \\ (a path goes "
+                             f"in --out), got {self.name!r}")
 
 
 SECTIONS: dict[str, type] = {

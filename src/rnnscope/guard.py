@@ -33,7 +33,12 @@ GUARD_POLICIES = ("raise", "skip", "rollback")
 
 
 class TrainingDiverged(RuntimeError):
-    """The run hit a non-finite loss or gradient and the guard gave up (exit code 1)."""
+    """The run hit a non-finite loss or gradient and the guard gave up (exit code 1);
+    `state` is the step it gave up on (`state.action` says how), for the log."""
+
+    def __init__(self, message: str, state=None) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 @dataclass(frozen=True)
@@ -77,25 +82,29 @@ class Guard:
         what = "gradient" if _finite(state.loss) else "loss"
         problem = (f"step {state.step}: non-finite {what} (loss {state.loss:.4g}, "
                    f"gradient norm {state.grad_norm:.4g}, lr {state.lr:.3g})")
-        policy = self.config.policy
-        if policy == "raise":
-            raise TrainingDiverged(f"{problem}; guard.policy=raise stops here. Try --clip "
-                                   f"norm:1.0, a lower --lr, or --guard rollback")
+        policy, limit = self.config.policy, self.config.limit
         state.skip = True
-        self.consecutive += 1
+        if policy == "raise":
+            state.action = "raise"
+            raise TrainingDiverged(f"{problem}; guard.policy=raise stops here. Try --clip "
+                                   f"norm:1.0, a lower --lr, or --guard rollback", state)
         if policy == "skip":
+            if self.consecutive >= limit:
+                state.action = "gave_up"
+                raise TrainingDiverged(f"{problem}; {limit} steps in a row skipped before it "
+                                       f"(guard.limit={limit})", state)
+            self.consecutive += 1
             self.skipped += 1
             state.action = "skip"
-            if self.consecutive > self.config.limit:
-                raise TrainingDiverged(f"{problem}; {self.consecutive} steps in a row skipped "
-                                       f"(guard.limit={self.config.limit})")
             return
+        if self.rollbacks >= limit:
+            state.action = "gave_up"
+            raise TrainingDiverged(f"{problem}; gave up after {limit} rollbacks (guard.limit); "
+                                   f"the learning rate is already "
+                                   f"x{self.config.factor ** limit:.3g}", state)
+        self.consecutive += 1
         self.rollbacks += 1
         state.action = "rollback"
-        if self.rollbacks > self.config.limit:
-            raise TrainingDiverged(f"{problem}; gave up after {self.config.limit} rollbacks "
-                                   f"(guard.limit); the learning rate is already "
-                                   f"x{self.config.factor ** self.config.limit:.3g}")
         self.trainer.restore(self.good_state)
         self.candidate, self.survived = None, 0
         self.trainer.schedule.scale_by(self.config.factor)

@@ -150,9 +150,13 @@ class LRSchedule:
         self.plateau_factor = 1.0  # gamma ** (number of plateau decays)
 
     def lr(self, step: int) -> float:
-        """The rate for optimiser step `step` (0-based)."""
+        """The rate for optimiser step `step` (0-based): the schedule's rate times the
+        guard's scale, applied last so no floor (min_lr) can undo a rollback's cut."""
+        return self.scale * self._scheduled(step)
+
+    def _scheduled(self, step: int) -> float:
         config = self.config
-        peak = self.base_lr * self.scale
+        peak = self.base_lr
         warmup = (step + 1) / config.warmup if step < config.warmup else 1.0
         if config.decay == "step":
             return peak * warmup * config.gamma ** (step // config.step_size)

@@ -100,12 +100,20 @@ class RunDirectory:
             torch.save(state, temporary)
         return True
 
-    def load_checkpoint(self, name: str) -> dict:
+    def load_checkpoint(self, name: str) -> dict | None:
+        """`checkpoints/<name>.pt`, or None if there is none; an unreadable file is a
+        one-line ValueError (never unpickled beyond tensors: weights_only)."""
         path = self.checkpoint_dir / f"{name}.pt"
         if not path.is_file():
-            raise ValueError(f"resume: {path} not found; the run stopped before its first "
-                             f"checkpoint, start it again without --resume")
-        return torch.load(path, map_location="cpu", weights_only=True)
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several kinds for a damaged file
+            raise ValueError(f"resume: cannot read {path} ({type(error).__name__}); move it "
+                             f"away to start the run again from its last good state") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"resume: {path} holds no checkpoint")
+        return state
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_path, summary)
@@ -174,9 +182,12 @@ class MetricsLog:
                   "clipped": state.clipped}
         if state.action:
             record["guard"] = state.action
+        if state.param_norms:
+            record["grad_norms"] = state.param_norms
         if state.flow is not None:
-            record["flow"] = {"layers": state.flow.layers,
-                              "norms": state.flow.norms.tolist()}
+            record["flow"] = {"layers": state.flow.layers, "norms": state.flow.norms.tolist(),
+                              "subnormal_fraction": state.flow.subnormal_fraction,
+                              "underflow_fraction": state.flow.underflow_fraction}
         if state.diagnosis is not None:
             record.update(verdict=state.diagnosis.verdict, reach=state.diagnosis.reach,
                           rate=state.diagnosis.rate)

@@ -2,9 +2,11 @@
 
 It validates and builds everything before it writes anything (bad input leaves no
 directory behind), saves the resolved config, attaches the listeners (metrics,
-TensorBoard, checkpoints, progress bar), runs the loop, and ends with a diagnosis
-of the trained model and `summary.json`. With `resume=True` it continues a run
-from `checkpoints/last.pt` and ends with the same weights as an uninterrupted run.
+TensorBoard, checkpoints, progress bar), runs the loop, and ends with a held-out
+evaluation, a diagnosis of the trained model and `summary.json`. With
+`resume=True` it continues a run from `checkpoints/last.pt` (from the start if
+it stopped before its first checkpoint) and ends with the same weights as an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from rnnscope.progress import ProgressBar, wanted
 from rnnscope.runlog import MetricsLog, RunDirectory, TensorBoardLog
 from rnnscope.train import Trainer
 
-STATUSES = ("solved", "finished", "diverged", "interrupted")
+STATUSES = ("solved", "finished", "diverged", "failed", "interrupted")
+DONE = ("solved", "finished")
 
 
 @dataclass
 class RunResult:
-    status: str  # solved | finished | diverged | interrupted
+    status: str  # one of STATUSES
     steps: int
     final_loss: float
     metric_name: str
@@ -60,18 +63,20 @@ class RunResult:
 def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
     """Train as `config` says and write the run directory (`config.run_dir`).
 
-    `resume=True` continues the run in `config.run_dir` from its last checkpoint
-    with the config saved there. Raises ValueError on bad input before writing.
+    `resume=True` continues the run in `config.run_dir` with the config saved there
+    (only `run.quiet` is taken from `config`). Bad input raises ValueError before
+    anything is written; KeyboardInterrupt is re-raised after the summary is saved.
     """
     started = time.perf_counter()
     if resume:
         run = RunDirectory.existing(config.run_dir)
         saved = ExperimentConfig.from_yaml(run.config_path)
-        checkpoint = run.load_checkpoint("last")
-        trainer = Trainer(saved)
-        trainer.load_state_dict(checkpoint)
+        trainer = Trainer(saved.with_overrides({"run": {"quiet": config.run.quiet}}))
+        checkpoint = run.load_checkpoint("last")  # None: stopped before the first one
+        if checkpoint is not None:
+            _load(trainer, checkpoint, run)
         run.cut_metrics(trainer.step)
-        if checkpoint.get("status") in ("solved", "finished"):
+        if checkpoint is not None and checkpoint.get("status") in DONE:
             return _finish(trainer, run, checkpoint["status"], "", started)
     else:
         trainer = Trainer(config)  # builds the task, model and optimiser: may raise
@@ -83,51 +88,69 @@ def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
     for listener in (metrics, board):
         trainer.on("after_step", listener.after_step)
         trainer.on("on_eval", listener.on_eval)
-    latest_flow = {}
-    trainer.on("after_step", lambda state: state.flow is not None and latest_flow.update(
+    latest = {}
+    trainer.on("after_step", lambda state: state.flow is not None and latest.update(
         flow=state.flow, step=state.step))
-    trainer.on("on_eval", lambda evaluation: "flow" in latest_flow and board.add_flow_image(
-        latest_flow["flow"], evaluation.step, f"{config.run_name}, step {latest_flow['step']}"))
-    status_holder = {"status": "running"}
-
-    def checkpoint(trainer: Trainer) -> None:
-        run.save_checkpoint("last", {**trainer.state_dict(), "status": status_holder["status"]})
-
-    trainer.on("on_checkpoint", checkpoint)
-    best = {"metric": math.inf}
+    trainer.on("on_eval", lambda evaluation: "flow" in latest and board.add_flow_image(
+        latest["flow"], evaluation.step, f"{config.run_name}, step {latest['step']}"))
+    trainer.on("on_checkpoint", lambda trainer: run.save_checkpoint(
+        "last", {**trainer.state_dict(), "status": "running"}))
+    best = run.load_checkpoint("best") if resume else None
+    best_metric = {"value": best["metric"] if best else math.inf}
 
     def keep_best(evaluation) -> None:
-        if evaluation.metric < best["metric"]:
-            best["metric"] = evaluation.metric
+        if evaluation.metric < best_metric["value"]:
+            best_metric["value"] = evaluation.metric
             run.save_checkpoint("best", {"step": evaluation.step, "metric": evaluation.metric,
                                          "model": trainer.model.state_dict()})
 
     trainer.on("on_eval", keep_best)
-
-    status, message = "interrupted", ""
-    flushed = config.run.flush_denormal and flush_denormal(True)
     bar = ProgressBar(config.run.steps, config.run_name, trainer.step) \
         if wanted(config.run.quiet) else None
     if bar is not None:
         trainer.on("after_step", bar.after_step)
         trainer.on("on_eval", bar.on_eval)
+
+    flushing = config.run.flush_denormal
+    if flushing:
+        flush_denormal(True)
+    status, message = "interrupted", ""
     try:
-        if bar is not None:
-            bar.__enter__()
-        status = trainer.fit()
-    except TrainingDiverged as error:
-        status, message = "diverged", str(error)
+        try:
+            if bar is not None:
+                bar.__enter__()
+            status = trainer.fit()
+        except TrainingDiverged as error:
+            status, message = "diverged", str(error)
+            if error.state is not None:
+                metrics.after_step(error.state)  # the step the guard gave up on
+        except (ValueError, RuntimeError) as error:  # e.g. a data file that runs short
+            status, message = "failed", f"step {trainer.step + 1}: {error}"
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        if status in DONE:
+            run.save_checkpoint("last", {**trainer.state_dict(), "status": status})
+        return _finish(trainer, run, status, message, started)
+    except KeyboardInterrupt:
+        run.write_summary({"status": "interrupted", "steps": trainer.step,
+                           "run_dir": str(run.path), "name": config.run_name,
+                           "message": "interrupted; continue with --resume"})
+        raise
     finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
         board.close()
         run.close()
-        if flushed:
+        if flushing:
             flush_denormal(False)
-    status_holder["status"] = status
-    if status in ("solved", "finished"):
-        checkpoint(trainer)  # records the status, so a --resume of a done run is a no-op
-    return _finish(trainer, run, status, message, started)
+
+
+def _load(trainer: Trainer, checkpoint: dict, run: RunDirectory) -> None:
+    try:
+        trainer.load_state_dict(checkpoint)
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise ValueError(f"resume: {run.checkpoint_dir / 'last.pt'} does not fit the run's "
+                         f"config.yaml ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
 
 
 def _finish(trainer: Trainer, run: RunDirectory, status: str, message: str,
@@ -137,10 +160,10 @@ def _finish(trainer: Trainer, run: RunDirectory, status: str, message: str,
         evaluation = trainer.evaluate()
     diagnosis = trainer.final_diagnosis()
     records = [r for r in run.read_metrics() if r["kind"] == "train"]
+    final_loss = records[-1].get("loss") if records else None
     result = RunResult(
         status=status, steps=trainer.step,
-        final_loss=records[-1]["loss"] if records and records[-1]["loss"] is not None
-        else math.nan,
+        final_loss=final_loss if final_loss is not None else math.nan,
         metric_name=evaluation.metric_name, metric=evaluation.metric,
         baseline=trainer.task.baseline, solved=evaluation.solved, diagnosis=diagnosis,
         run_dir=run.path, seconds=time.perf_counter() - started,

@@ -29,6 +29,7 @@ from rnnscope.diagnosis import Diagnosis, diagnose
 from rnnscope.experiment import ExperimentConfig
 from rnnscope.guard import Guard, TrainingDiverged, clone_state
 from rnnscope.optim import LRSchedule, build_optimizer
+from rnnscope.probes import grad_norms
 from rnnscope.recording import GradientFlow, record
 
 EVENTS = ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoint")
@@ -52,6 +53,7 @@ class StepState:
     flow: GradientFlow | None = None  # on the probe schedule
     diagnosis: Diagnosis | None = None  # of `flow`
     grads: dict[str, Tensor] = field(default_factory=dict)  # for histograms, on the probe schedule
+    param_norms: dict[str, float] = field(default_factory=dict)  # on the probe schedule
     skip: bool = False  # set by the guard: no update this step
     action: str | None = None  # what the guard did: "skip" or "rollback"
     clip_rate: float = 0.0  # fraction of the run's steps so far that were clipped
@@ -79,6 +81,8 @@ class Trainer:
         self.device = _device(config.run.device)
         torch.manual_seed(config.run.seed)  # initial weights and dropout masks
         self.task = config.task.build()
+        for split in ("train", "valid"):  # a data set too small for the batch fails here,
+            self.task.batch(config.run.batch, torch.Generator().manual_seed(0), split)
         self.model = config.model.build(self.task.input_size, self.task.output_size)
         config.init.apply(self.model)
         self.model.to(self.device)
@@ -145,6 +149,10 @@ class Trainer:
         if probing and any(flow is not None for flow in result.flows):
             state.flow = join_flows(result.flows, result.windows)
             state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.current())
+        if probing:
+            norms = grad_norms(self.model)  # before clipping, per parameter
+            state.param_norms = dict(zip(norms, torch.stack(list(norms.values())).tolist(),
+                                         strict=True))
         if probing and config.probe.histograms:
             state.grads = {name: p.grad.detach().cpu() for name, p in
                            self.model.named_parameters() if p.grad is not None}
@@ -236,7 +244,9 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
                 "guard": self.guard.state_dict(), "evaluation": evaluation,
-                "rng": {"data": self.data.get_state(), "torch": torch.get_rng_state()}}
+                "rng": {"data": self.data.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda"
+                        else []}}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.clipped_steps = state["step"], state["clipped_steps"]
@@ -248,6 +258,8 @@ class Trainer:
         self.evaluation = Evaluation(**state["evaluation"]) if state["evaluation"] else None
         self.data.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
 def _device(name: str) -> torch.device:
