@@ -245,3 +245,15 @@ def test_metrics_lines_carry_the_probes(tmp_path):
     assert [line["step"] for line in train if "flow" in line] == [1, 2, 4, 6]  # every=2
     evals = [line for line in lines if line["kind"] == "eval"]
     assert [line["step"] for line in evals] == [3, 6] and evals[0]["metric_name"] == "mse"
+
+
+def test_native_engine_records_the_flow_on_the_probe_schedule():
+    unrolled = Trainer(tiny(probe={"every": 2}))
+    native = Trainer(tiny(model={"engine": "native"}, probe={"every": 2}))
+    assert isinstance(native.model.rnn, torch.nn.LSTM)  # torch's fused module
+    native.model.load_state_dict(unrolled.model.state_dict())
+    a, b = unrolled.train_step(), native.train_step()
+    assert b.flow is not None and b.flow.layers == ["rnn.l0"]
+    torch.testing.assert_close(b.flow.norms, a.flow.norms, rtol=1e-5, atol=1e-9)
+    assert native.train_step().flow is not None  # step 2
+    assert native.train_step().flow is None  # step 3: not on the schedule, fused kernels
