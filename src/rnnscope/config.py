@@ -46,7 +46,7 @@ def coerce(field: str, annotation, value):
         return None
     kinds = [kind for kind in options if kind is not type(None)]
     if isinstance(value, str) and (float in kinds or int in kinds):
-        value = _number_text(value)  # YAML reads 1e-3 (no dot) as a string
+        value = number_text(value)  # YAML reads 1e-3 (no dot) as a string
     for kind in kinds:
         if kind is bool and isinstance(value, bool):
             return value
@@ -63,7 +63,8 @@ def coerce(field: str, annotation, value):
     raise ValueError(f"{field}: expected {names}, got {value!r}")
 
 
-def _number_text(text: str):
+def number_text(text: str):
+    """`text` as an int or a float if it reads as one, else unchanged."""
     for kind in (int, float):
         try:
             return kind(text)

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from rnnscope import __version__
+from rnnscope.config import number_text
 
 # Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
 SUBCOMMANDS: tuple[str, ...] = ("diagnose", "train")
@@ -46,12 +47,7 @@ def _typed(text: str):
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    return number_text(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
