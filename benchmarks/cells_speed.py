@@ -11,13 +11,12 @@ as rnnscope's trainer does by default.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import rnnscope
 from rnnscope.numerics import flush_denormal
+from timing import median_time  # benchmarks/timing.py: run as a script
 
 
 def time_step(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
@@ -27,13 +26,7 @@ def time_step(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
         output, _ = module(x)
         output[-1].pow(2).mean().backward()
 
-    step()  # warm-up: allocator, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(step, repeats)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ MSE loss with a linear read-out, median of N:
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from contextlib import nullcontext
 
@@ -25,6 +24,7 @@ from torch import nn
 
 import rnnscope
 from rnnscope.numerics import flush_denormal
+from timing import median_time  # benchmarks/timing.py: run as a script
 
 
 class Model(nn.Module):
@@ -41,14 +41,8 @@ def median_step(model: nn.Module, x, y, repeats: int, recorder=None) -> float:
         model.zero_grad(set_to_none=True)
         nn.functional.mse_loss(model(x), y).backward()
 
-    times = []
     with recorder if recorder is not None else nullcontext():
-        step()  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_time(step, repeats)
 
 
 def main() -> None:

@@ -15,9 +15,6 @@ Columns, median of N, times in ms:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -26,19 +23,10 @@ import rnnscope.tasks.temporal_order  # noqa: F401
 from rnnscope.model import SequenceModel
 from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import Task, get_task
+from timing import median_time  # benchmarks/timing.py: run as a script
 
 SIZES = {"adding": 200, "copy": 100, "temporal_order": 100}  # seq_len (T) of each task
 LIMIT = 0.05  # generation must cost less than this fraction of a step
-
-
-def median_time(work: Callable[[], object], repeats: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(task: Task, batch_size: int, hidden: int, batch_repeats: int,

@@ -57,7 +57,7 @@ def test_changing_the_task_drops_the_old_task_settings():
     ({"model": {"cell": "lstn"}}, "model.cell: unknown 'lstn'; accepted: rnn_tanh"),
     ({"model": {"engine": "fast"}}, "model.engine: unknown 'fast'; accepted: unrolled, native"),
     ({"task": {"name": "adder"}}, "task.name: unknown 'adder'; accepted: adding, copy"),
-    ({"task": {"seqlen": 3}}, "task.seqlen: not a setting of task 'adding'; accepted: name, "
+    ({"task": {"seqlen": 3}}, "task.seqlen: not a setting of task 'adding'; accepted: "
                               "seq_len"),
     ({"init": "xavier"}, "init.scheme: unknown 'xavier'; accepted: torch_default"),
     ({"clip": "norm:abc"}, "clip: cannot read 'norm:abc'"),

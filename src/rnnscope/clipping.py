@@ -150,10 +150,11 @@ def _total_norm(grads: list[Tensor], norm_type: float = 2.0) -> tuple[Tensor, Te
     total = torch.nn.utils.get_total_norm(grads, norm_type)
     if not grads:
         return total, ~torch.isfinite(total)
-    entries_finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf))
+    # float64 squares of float32 entries cannot overflow: `wide` is finite exactly when
+    # every entry is, so it also says whether the gradients are finite.
     wide = torch.nn.utils.get_total_norm(
         [torch.linalg.vector_norm(g, norm_type, dtype=torch.float64) for g in grads], norm_type)
-    total = torch.where(torch.isinf(total) & entries_finite, wide.to(total), total)
+    total = torch.where(torch.isinf(total) & torch.isfinite(wide), wide.to(total), total)
     return total, ~torch.isfinite(total)
 
 

@@ -1,7 +1,8 @@
 """The NaN/Inf guard: what the trainer does when a loss or a gradient is not finite.
 
     raise     stop the run at once (exit code 1), saying which step and what was hit;
-    skip      drop that step (no optimiser update), count it, go on;
+    skip      drop that step (no optimiser update), count it, go on; `limit` counts
+              the skips in a row;
     rollback  restore the last good state, multiply the learning rate by `factor`, go on.
 
 "Good" is more than finite: an exploding run usually passes through a few steps of
@@ -22,10 +23,8 @@ update that overflows, which the next step's loss shows.
 
 from __future__ import annotations
 
-import copy
+import math
 from dataclasses import dataclass
-
-import torch
 
 from rnnscope.fields import choice, integer, number
 
@@ -79,7 +78,7 @@ class Guard:
             if self.config.policy == "rollback":
                 self._advance()
             return
-        what = "gradient" if _finite(state.loss) else "loss"
+        what = "gradient" if math.isfinite(state.loss) else "loss"
         problem = (f"step {state.step}: non-finite {what} (loss {state.loss:.4g}, "
                    f"gradient norm {state.grad_norm:.4g}, lr {state.lr:.3g})")
         policy, limit = self.config.policy, self.config.limit
@@ -102,7 +101,6 @@ class Guard:
             raise TrainingDiverged(f"{problem}; gave up after {limit} rollbacks (guard.limit); "
                                    f"the learning rate is already "
                                    f"x{self.config.factor ** limit:.3g}", state)
-        self.consecutive += 1
         self.rollbacks += 1
         state.action = "rollback"
         self.trainer.restore(self.good_state)
@@ -131,13 +129,3 @@ class Guard:
         self.good_state = state["good_state"]
         self.candidate = state["candidate"]
         self.survived = state["survived"]
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
-
-
-def clone_state(state):
-    """A deep copy of a state_dict (tensors cloned), for snapshots that later updates
-    must not touch."""
-    return copy.deepcopy(state) if not isinstance(state, torch.Tensor) else state.clone()

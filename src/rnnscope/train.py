@@ -16,6 +16,7 @@ checkpoints to these events; `Trainer` alone is the bare loop for library use.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from rnnscope.bptt import join_flows, truncated_bptt
 from rnnscope.clipping import Clipper, ClipResult
 from rnnscope.diagnosis import Diagnosis, diagnose
 from rnnscope.experiment import ExperimentConfig
-from rnnscope.guard import Guard, TrainingDiverged, clone_state
+from rnnscope.guard import Guard, TrainingDiverged
 from rnnscope.optim import LRSchedule, build_optimizer
 from rnnscope.probes import grad_norms
 from rnnscope.recording import GradientFlow, record
@@ -161,9 +162,8 @@ class Trainer:
         # Clip after the backward pass and before the update (nanoGPT's order), then read
         # every number of this step in one host sync.
         clip = state.clip = self.clipper(self.model.parameters())
-        numbers = torch.stack([result.loss.detach().double().cpu(),
-                               clip.norm_before.double().cpu(), clip.norm_after.double().cpu(),
-                               clip.clipped.double().cpu(), clip.nonfinite.double().cpu()])
+        numbers = torch.stack([result.loss.detach(), clip.norm_before, clip.norm_after,
+                               clip.clipped, clip.nonfinite]).double()
         loss, before, after, clipped, nonfinite = numbers.tolist()
         state.loss, state.grad_norm, state.grad_norm_clipped = loss, before, after
         state.clipped = bool(clipped)
@@ -230,12 +230,14 @@ class Trainer:
     # state: snapshots for the guard, checkpoints for resume
 
     def snapshot(self) -> dict:
-        return {"model": clone_state(self.model.state_dict()),
-                "optimizer": clone_state(self.optimizer.state_dict())}
+        # Deep copies: state_dict() returns the live tensors that later steps update.
+        return copy.deepcopy({"model": self.model.state_dict(),
+                              "optimizer": self.optimizer.state_dict()})
 
     def restore(self, snapshot: dict) -> None:
-        self.model.load_state_dict(snapshot["model"])
-        self.optimizer.load_state_dict(clone_state(snapshot["optimizer"]))
+        self.model.load_state_dict(snapshot["model"])  # copies into the parameters
+        # The optimiser adopts the tensors it is given; a copy keeps the snapshot reusable.
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly as if never stopped."""

@@ -29,11 +29,7 @@ def get_task(name: str, **kwargs) -> Task:
     """Build a registered task by name; an unknown name or setting lists the accepted ones."""
     if name not in TASKS:
         raise ValueError(f"task.name: unknown {name!r}; accepted: {', '.join(sorted(TASKS))}")
-    accepted = task_settings(name)
-    for key in kwargs:
-        if key not in accepted:
-            raise ValueError(f"task.{key}: not a setting of task {name!r}; accepted: "
-                             f"{', '.join(accepted) or 'none'}")
+    accepted = check_settings(name, kwargs)
     required = [key for key, default in accepted.items() if default is inspect.Parameter.empty]
     missing = [key for key in required if key not in kwargs]
     if missing:
@@ -51,12 +47,23 @@ class TaskConfig:
     settings: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in TASKS:
+        if not isinstance(self.name, str) or self.name not in TASKS:
             raise ValueError(f"task.name: unknown {self.name!r}; accepted: "
                              f"{', '.join(sorted(TASKS))}")
+        check_settings(self.name, self.settings)
 
     def build(self) -> Task:
         return get_task(self.name, **self.settings)
+
+
+def check_settings(name: str, keys) -> dict[str, object]:
+    """`task_settings(name)`, after checking that every key in `keys` is one of them."""
+    accepted = task_settings(name)
+    for key in keys:
+        if key not in accepted:
+            raise ValueError(f"task.{key}: not a setting of task {name!r}; accepted: "
+                             f"{', '.join(accepted) or 'none'}")
+    return accepted
 
 
 def task_settings(name: str) -> dict[str, object]:
