@@ -12,8 +12,8 @@ import rnnscope
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 def test_version_from_console_script_and_module():
@@ -33,14 +33,19 @@ def test_help_lists_usage_and_unknown_command_exits_2():
     assert "Traceback" not in result.stderr
 
 
-def test_quickstart_example_shows_vanishing_and_remedies():
-    result = run(sys.executable, "examples/quickstart.py", "--seq-len", "60", "--hidden", "16",
-                 "--batch", "4")
+def test_quickstart_example_shows_vanishing_and_remedies(tmp_path):
+    result = run(sys.executable, str(ROOT / "examples" / "quickstart.py"), "--seq-len", "60",
+                 "--hidden", "16", "--batch", "4", "--train-steps", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     parity = float(re.search(r"max difference: (\S+)", result.stdout).group(1))
     assert parity < 1e-12
+    diagnosed, trained = result.stdout.split("\ntraining on the adding problem")
+    # The training part: both runs finish (3 steps: neither is solved), each in its own
+    # run directory under the working directory.
+    assert trained.count(" finished ") == 2
+    assert len(list((tmp_path / "runs").glob("quickstart-*/*/summary.json"))) == 2
     rows = {}
-    for line in result.stdout.splitlines():
+    for line in diagnosed.splitlines():
         fields = line.split()
         if fields and fields[0] in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
             rows[(fields[0], fields[1])] = (fields[2], int(fields[3]))
