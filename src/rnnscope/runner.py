@@ -169,8 +169,16 @@ def _finish(trainer: Trainer, run: RunDirectory, status: str, message: str,
         run_dir=run.path, seconds=time.perf_counter() - started,
         rollbacks=trainer.guard.rollbacks, skipped=trainer.guard.skipped,
         clip_rate=trainer.clipped_steps / max(trainer.step, 1), message=message)
-    run.write_summary({**result.to_dict(), "name": trainer.config.run_name,
-                       "evidence": diagnosis.evidence if diagnosis else None})
+    # What the report needs beyond the result: the task's threshold, the diagnosis in
+    # words with every fix and its reason, and the Lyapunov spectrum of the trained model.
+    run.write_summary({
+        **result.to_dict(), "name": trainer.config.run_name, "task": trainer.task.name,
+        "threshold": trainer.task.solved_below,
+        "evidence": diagnosis.evidence if diagnosis else None,
+        "explanation": diagnosis.summary() if diagnosis else None,
+        "fix_details": [{"remedy": fix.remedy, "why": fix.why, "cli": fix.cli}
+                        for fix in diagnosis.fixes] if diagnosis else [],
+        "lyapunov": trainer.lyapunov_spectrum()})
     return result
 
 

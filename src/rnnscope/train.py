@@ -27,6 +27,7 @@ from torch import Tensor
 from rnnscope.bptt import join_flows, truncated_bptt
 from rnnscope.clipping import Clipper, ClipResult
 from rnnscope.diagnosis import Diagnosis, diagnose
+from rnnscope.dynamics import lyapunov
 from rnnscope.experiment import ExperimentConfig
 from rnnscope.guard import Guard, TrainingDiverged
 from rnnscope.optim import LRSchedule, build_optimizer
@@ -37,6 +38,7 @@ EVENTS = ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoi
 # Held-out batches come from their own generators, seeded apart from the training data,
 # so every evaluation sees the same batches and evaluating never shifts training data.
 EVAL_SEED, DIAGNOSIS_SEED = 1_000_003, 2_000_003
+LYAPUNOV_K, LYAPUNOV_SAMPLES, LYAPUNOV_BUDGET = 16, 2, 2**23  # budget: Jacobian entries
 
 
 @dataclass
@@ -216,6 +218,21 @@ class Trainer:
                           current=self.current())
         self.optimizer.zero_grad(set_to_none=True)
         return result
+
+    def lyapunov_spectrum(self, k: int = LYAPUNOV_K) -> list[float]:
+        """The k largest Lyapunov exponents (nats per step) of the first recurrent layer
+        along a few held-out sequences: how many directions of the state keep a signal
+        alive, and how fast the others forget. Empty if they are not finite."""
+        run = self.config.run
+        generator = torch.Generator().manual_seed(run.seed + DIAGNOSIS_SEED)
+        inputs, _ = self.task.batch(min(run.batch, LYAPUNOV_SAMPLES), generator, "valid")
+        recurrent = self.model.rnn
+        state = recurrent.hidden_size * (2 if self.config.model.cell == "lstm" else 1)
+        # Step Jacobians cost T x B x S^2 numbers: bound them as diagnose does.
+        steps = max(1, min(inputs.shape[0], LYAPUNOV_BUDGET // (inputs.shape[1] * state ** 2)))
+        exponents = lyapunov(recurrent, inputs[:steps].to(self.device), k=min(k, state))
+        values = exponents.tolist()
+        return values if all(math.isfinite(v) for v in values) else []
 
     def current(self) -> dict[str, str]:
         """The settings in force, as the CLI flags that diagnosis fixes are written in."""
