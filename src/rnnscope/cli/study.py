@@ -1,0 +1,132 @@
+"""`rnnscope study`: run a grid of experiments in parallel, resumably; show its progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rnnscope.cli.main import EXIT_FAILED, EXIT_OK
+from rnnscope.files import json_safe
+
+EXAMPLES = """\
+examples:
+  # the classic: tanh RNN vs LSTM vs IRNN on the adding problem at three lengths, 2 seeds
+  rnnscope study examples/adding-lengths.yaml --workers 2 --out studies/adding
+
+  # killed, crashed or Ctrl-C? the same command skips finished runs and resumes the rest
+  rnnscope study examples/adding-lengths.yaml --workers 2 --out studies/adding
+
+  # how far along is it (from another terminal)?
+  rnnscope study --status studies/adding
+
+  # then compare the runs side by side
+  rnnscope report studies/adding
+
+A study file:
+  name: adding-remedies
+  base: {task: {name: adding, seq_len: 100}, run: {steps: 2000}}
+  grid: {cell: [rnn_tanh, lstm], clip: [none, "norm:1.0"], seed: [0, 1]}
+
+Writes study.yaml, study.db (SQLite: every run's status and summary) and runs/<name>/
+under --out (default studies/<name>). Exit codes: 0 every run done, 1 some run failed
+with an error, 2 bad input, 130 interrupted (run the command again to resume).
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "study", help="run a grid of experiments in parallel; resume after a crash",
+        description="Run every combination a study file names (cell x init x clip x "
+        "seq_len x seed, ...) in parallel worker processes, keep each run's status and "
+        "summary in a SQLite store, and skip finished runs when run again.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", nargs="?", type=Path, help="the study YAML file")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained at once, each in its own process (default 1)")
+    parser.add_argument("--out", type=Path, help="study directory (default studies/<name>)")
+    parser.add_argument("--status", type=Path, metavar="DIR",
+                        help="show the progress of the study in DIR and exit")
+    parser.add_argument("--quiet", action="store_true", help="no line per finished run")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.status is None):
+        raise ValueError("study: give a study FILE to run, or --status DIR to show one")
+    if args.status is not None:
+        return _show_status(args.status, args.json)
+    if args.workers < 1:
+        raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
+
+    from rnnscope.study import load_study  # imports torch: after parsing
+    from rnnscope.workers import run_study
+
+    study = load_study(args.file)
+    directory = args.out or Path("studies") / study.name
+    talk = not (args.json or args.quiet)
+    if talk:
+        print(f"study {study.name}: {len(study.runs)} runs, {args.workers} worker(s), "
+              f"into {directory}")
+
+    def progress(row, done: int, total: int) -> None:
+        if talk:
+            from rnnscope.study import result_line
+
+            print(f"  [{done}/{total}] {result_line(row)}", flush=True)
+
+    try:
+        rows = run_study(study, directory, workers=args.workers, source=args.file,
+                         on_result=progress)
+    except KeyboardInterrupt:
+        print(f"rnnscope: interrupted; finished runs are kept. Resume with: rnnscope study "
+              f"{args.file} --workers {args.workers} --out {directory}", file=sys.stderr)
+        return 130
+    errors = [row for row in rows if row.status == "error"]
+    if args.json:
+        print(json.dumps(json_safe(_summary(study.name, directory, rows)), indent=2,
+                         allow_nan=False))
+    else:
+        done = sum(row.status == "done" for row in rows)
+        print(f"{done}/{len(rows)} runs done, {len(errors)} failed with an error; "
+              f"compare them: rnnscope report {directory}")
+    for row in errors:
+        print(f"rnnscope: run {row.name} failed: {(row.result or {}).get('message', '')}",
+              file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _show_status(directory: Path, as_json: bool) -> int:
+    from rnnscope.study import open_store, result_line
+
+    if not directory.is_dir():
+        raise ValueError(f"--status: {directory} is not a directory; expected a study "
+                         f"directory (made by rnnscope study)")
+    store = open_store(directory)
+    rows, counts = store.rows(), store.counts()
+    store.close()
+    if as_json:
+        print(json.dumps(json_safe(_summary(directory.name, directory, rows)), indent=2,
+                         allow_nan=False))
+        return EXIT_OK
+    print(f"{directory}: {len(rows)} runs: " +
+          ", ".join(f"{counts[state]} {state}" for state in counts))
+    for row in rows:
+        attempts = f" ({row.attempts} attempts)" if row.attempts > 1 else ""
+        print(f"  {result_line(row)}{attempts}")
+    return EXIT_OK
+
+
+def _summary(name: str, directory: Path, rows) -> dict:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    return {"study": name, "dir": str(directory), "counts": counts,
+            "runs": [{"name": row.name, "status": row.status, "params": row.params,
+                      "attempts": row.attempts, "finishes": row.finishes,
+                      "result": row.result} for row in rows]}
+
+
+__all__ = ["register", "run"]
