@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/rnnscope demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -122,6 +122,12 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
                 {"run": {"name": run_name, "quiet": True}})))
     if not runs:
         raise ValueError("study: no runs left (every combination is excluded)")
+    # Every run names a value for every setting any run varies (a variant that leaves
+    # the clip alone shows the base's clip), so runs compare column by column.
+    varied = list(dict.fromkeys(key for run in runs for key in run.params))
+    runs = [dataclasses.replace(run, params={key: run.params[key] if key in run.params
+                                             else _resolved(run.config, key)
+                                             for key in varied}) for run in runs]
     names = [run.name for run in runs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -159,6 +165,14 @@ def _configure(base: ExperimentConfig, params: dict) -> tuple[ExperimentConfig, 
         section, _, field = key.partition(".")
         config = config.with_overrides({section: {field: value} if field else value})
     return config, {**params, **filled}
+
+
+def _resolved(config: ExperimentConfig, key: str):
+    section, _, field = key.partition(".")
+    if field:
+        return config.to_dict()[section].get(field)
+    return config.clip.spec if section == "clip" else \
+        getattr(getattr(config, section), SPEC_FIELDS[section])
 
 
 def _check_model(config: ExperimentConfig) -> None:

@@ -14,7 +14,7 @@ from rnnscope import __version__
 from rnnscope.config import number_text
 
 # Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
-SUBCOMMANDS: tuple[str, ...] = ("diagnose", "study", "train")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "diagnose", "report", "study", "train")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
