@@ -1,0 +1,163 @@
+"""Reading run and study directories into plain data for the plots and the HTML report.
+
+Nothing here draws, and nothing here needs the trainer: any run directory that
+`runlog` wrote, old, remote or killed half way, can be read. A missing or unreadable
+piece is None (or empty), and each report section says which piece it needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rnnscope.runlog import CONFIG, METRICS, SUMMARY, StudyStore
+
+STUDY_DB, STUDY_FILE, STUDY_RUNS = "study.db", "study.yaml", "runs"
+
+
+@dataclass
+class RunData:
+    """What one run directory holds; None where the file is missing or unreadable."""
+
+    path: Path
+    config_text: str | None = None  # config.yaml as written, shown verbatim
+    config: dict | None = None
+    train: list[dict] | None = None  # the "train" lines of metrics.jsonl
+    evals: list[dict] | None = None  # the "eval" lines
+    summary: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return str((self.summary or {}).get("name") or self.path.name)
+
+    @property
+    def probes(self) -> list[dict]:
+        """The train lines that carry the gradient flow through time, in step order."""
+        return [line for line in self.train or [] if isinstance(line.get("flow"), dict)]
+
+
+@dataclass
+class StudyData:
+    path: Path
+    rows: list  # rnnscope.runlog.StudyRow, in the study's order
+    runs: dict[str, RunData] = field(default_factory=dict)  # by run name, where on disk
+    spec_text: str | None = None  # study.yaml as written
+
+
+def kind_of(directory: str | Path) -> str:
+    """"study" (study.db), "run" (config.yaml), else a one-line ValueError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        raise ValueError(f"directory: {directory} {what}; expected a run directory (with "
+                         f"{CONFIG}) or a study directory (with {STUDY_DB})")
+    if (directory / STUDY_DB).is_file():
+        return "study"
+    if (directory / CONFIG).is_file():
+        return "run"
+    raise ValueError(f"directory: {directory} holds neither {CONFIG} (a run directory) nor "
+                     f"{STUDY_DB} (a study directory)")
+
+
+def load_run(directory: str | Path) -> RunData:
+    directory = Path(directory)
+    run = RunData(path=directory)
+    run.config_text = _read_text(directory / CONFIG)
+    if run.config_text is not None:
+        try:
+            loaded = yaml.safe_load(run.config_text)
+        except yaml.YAMLError:
+            loaded = None
+        run.config = loaded if isinstance(loaded, dict) else None
+    lines = read_metrics_lines(directory / METRICS)
+    if lines is not None:
+        run.train = [line for line in lines if line.get("kind") == "train"]
+        run.evals = [line for line in lines if line.get("kind") == "eval"]
+    summary = _read_json(directory / SUMMARY)
+    run.summary = summary if isinstance(summary, dict) else None
+    return run
+
+
+def load_study(directory: str | Path) -> StudyData:
+    directory = Path(directory)
+    store = StudyStore.existing(directory / STUDY_DB)
+    try:
+        rows = store.rows()  # in the study's order
+    finally:
+        store.close()
+    study = StudyData(path=directory, rows=rows, spec_text=_read_text(directory / STUDY_FILE))
+    for row in rows:
+        run_dir = directory / STUDY_RUNS / row.name
+        if run_dir.is_dir():
+            study.runs[row.name] = load_run(run_dir)
+    return study
+
+
+def read_metrics_lines(path: Path) -> list[dict] | None:
+    """The JSON lines of metrics.jsonl up to the first unreadable one (a kill can cut the
+    last line short); None if there is no file."""
+    text = _read_text(path)
+    if text is None:
+        return None
+    lines = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(record, dict):
+            lines.append(record)
+    return lines
+
+
+def flow_matrix(probes: list[dict], layer: int) -> tuple[list[int], list[list[float]]]:
+    """(training steps, rows of ||dL/dh|| by steps back) of one layer: column 0 is the
+    step where the loss enters (the last time step), as `GradientFlow.steps_back`.
+    null (a non-finite value in the run) reads as NaN."""
+    steps, rows = [], []
+    for probe in probes:
+        norms = probe["flow"].get("norms") or []
+        if layer >= len(norms):
+            continue
+        steps.append(int(probe.get("step", len(steps))))
+        rows.append([math.nan if value is None else float(value) for value in norms[layer]][::-1])
+    return steps, rows
+
+
+def flow_layers(probes: list[dict]) -> list[str]:
+    """Layer names of the widest probe line (every probe of a run has the same layers)."""
+    return max((list(probe["flow"].get("layers") or []) for probe in probes), key=len,
+               default=[])
+
+
+def summary_value(summary: dict | None, *keys, default=None):
+    """summary[k1][k2]...; `default` where any level is missing or null."""
+    value = summary
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return default
+        value = value[key]
+    return value
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_json(path: Path):
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None

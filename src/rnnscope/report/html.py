@@ -1,0 +1,225 @@
+"""The HTML report of a run or a study directory: one self-contained file.
+
+Figures are embedded as base64 PNG data URIs and the style and the sorting script are
+inline, so the file opens anywhere, offline, and can be mailed or archived as is; it
+refers to nothing on the network. Every string that comes from the run (names,
+config values, messages, file names) is escaped before it enters the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnscope.files import atomic_target
+from rnnscope.report.data import kind_of, load_run, load_study
+from rnnscope.report.plots import figure_png
+
+REPORT_FILE = "report.html"
+
+
+@dataclass
+class Report:
+    kind: str  # "run" or "study"
+    source: Path
+    html: str
+    runs: int
+    figures: int  # <img> elements embedded
+
+    def write(self, out: str | Path | None = None) -> Path:
+        """Write the page atomically (a failure leaves no half-written file) to `out`,
+        by default report.html in the directory it describes."""
+        path = Path(out) if out is not None else self.source / REPORT_FILE
+        if path.is_dir():
+            raise ValueError(f"out: {path} is a directory; give a file name such as "
+                             f"{path / REPORT_FILE}")
+        try:
+            with atomic_target(path) as temporary:
+                temporary.write_text(self.html, encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"out: cannot write {path} ({error.strerror or error})") from None
+        return path
+
+
+def render_report(directory: str | Path) -> Report:
+    """The report of a study directory (study.db) or a run directory (config.yaml);
+    a one-line ValueError for anything else."""
+    from rnnscope.report.run_page import run_page
+    from rnnscope.report.study_page import study_page
+
+    directory = Path(directory)
+    kind = kind_of(directory)
+    page = Page()
+    if kind == "study":
+        study = load_study(directory)
+        title = f"rnnscope study: {directory.resolve().name}"
+        study_page(study, page)
+        runs = len(study.rows)
+    else:
+        run = load_run(directory)
+        title = f"rnnscope run: {run.name}"
+        run_page(run, page, level=1)
+        runs = 1
+    return Report(kind, directory, page.render(title), runs, page.figures)
+
+
+def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
+    """Render the report of `directory` and write it to `out` (default
+    DIRECTORY/report.html); returns the path written."""
+    return render_report(directory).write(out)
+
+
+class Page:
+    """The body of a report, built section by section; counts the figures it embeds."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.figures = 0
+
+    def add(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def heading(self, level: int, text: str, anchor: str | None = None) -> None:
+        # anchors are made by the report (run-3), never from names in the data
+        ident = f' id="{anchor}"' if anchor else ""
+        self.add(f"<h{level}{ident}>{esc(text)}</h{level}>")
+
+    def skip(self, what: str, needs: str) -> None:
+        """The visible note of a section that lacks its data."""
+        self.add(f'<p class="skip">{esc(what)} skipped: needs {esc(needs)}.</p>')
+
+    def figure(self, what: str, needs: str, available: bool, draw) -> None:
+        """Embed `draw()` (a matplotlib Figure) when its data is `available`, else a
+        note naming the data; a figure that fails to draw is a note too, not a crash."""
+        if not available:
+            self.skip(what, needs)
+            return
+        try:
+            png = figure_png(draw())
+        except (ValueError, TypeError, KeyError, IndexError) as error:
+            self.add(f'<p class="skip">{esc(what)} could not be drawn from {esc(needs)}: '
+                     f'{esc(type(error).__name__)}: {esc(error)}</p>')
+            return
+        data = base64.b64encode(png).decode("ascii")
+        self.figures += 1
+        self.add(f'<figure><img alt="{esc(what)}" src="data:image/png;base64,{data}">'
+                 f"<figcaption>{esc(what)}</figcaption></figure>")
+
+    def render(self, title: str) -> str:
+        body = "\n".join(self.parts)
+        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+                f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
+                f'<body data-figures="{self.figures}">\n<h1>{esc(title)}</h1>\n{body}\n'
+                f'<footer>{self.figures} figures embedded. Written by rnnscope report.'
+                f"</footer>\n<script>{SORT_SCRIPT}</script>\n</body>\n</html>\n")
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A table value as text: '-' for missing or non-finite, yes/no for booleans."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if math.isfinite(value) else "-"
+    if isinstance(value, (dict, list)):
+        from rnnscope.report.grid import param_text
+
+        return param_text(value)
+    return str(value)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def table(headers: list[str], rows: list[list], *, sortable: bool = False,
+          numeric: set[int] = frozenset(), cls: str = "") -> str:
+    """A table whose cells are values, escaped here, or (markup, sort_value) pairs where
+    markup is HTML the report built and escaped itself. Numeric columns sort by number."""
+    classes = " ".join(c for c in (cls, "sortable" if sortable else "") if c)
+    head = []
+    for i, header in enumerate(headers):
+        attributes = ' data-type="num"' if i in numeric else ""
+        attributes += ' title="click to sort"' if sortable else ""
+        head.append(f"<th{attributes}>{esc(header)}</th>")
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            markup, sort = cell if isinstance(cell, tuple) else (esc(fmt(cell)), cell)
+            attribute = ""
+            if is_number(sort) and math.isfinite(sort):
+                attribute = f' data-sort="{float(sort)!r}"'
+            cells.append(f"<td{attribute}>{markup}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<table class="{classes}"><thead><tr>{"".join(head)}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f;
+       max-width: 1150px; margin: 2em auto; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 1.5em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #d5d5d5; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+table.sortable th { cursor: pointer; user-select: none; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
+td[data-sort] { text-align: right; font-variant-numeric: tabular-nums; }
+.wide { overflow-x: auto; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 0.85em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+code { background: #f3f3f3; padding: 0 0.25em; }
+.skip { color: #8a5a00; background: #fff6e0; padding: 0.4em 0.7em;
+        border-left: 3px solid #e0a000; }
+.verdict { font-weight: 600; padding: 0 0.4em; border-radius: 3px; }
+.verdict-vanishing { background: #ffe3c2; } .verdict-exploding { background: #ffc9c9; }
+.verdict-healthy { background: #cdf0cd; } .verdict-nonfinite { background: #f7c6ef; }
+.status { font-size: 1.05em; } .error { color: #a00000; }
+footer { margin-top: 3em; color: #777; font-size: 0.85em; }
+"""
+
+# Sorts a table.sortable by the clicked column: by data-sort (numbers) where the
+# column is numeric, else by text; cells without a number go last either way.
+SORT_SCRIPT = """
+(function () {
+  function key(cell, numeric) {
+    if (!numeric) { return cell.textContent.trim().toLowerCase(); }
+    var value = parseFloat(cell.getAttribute("data-sort"));
+    return isNaN(value) ? null : value;
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var headers = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(headers, function (header, column) {
+      header.addEventListener("click", function () {
+        var numeric = header.getAttribute("data-type") === "num";
+        var direction = header.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+        Array.prototype.forEach.call(headers, function (h) { h.removeAttribute("aria-sort"); });
+        header.setAttribute("aria-sort", direction === 1 ? "ascending" : "descending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var x = key(a.cells[column], numeric), y = key(b.cells[column], numeric);
+          if (x === y) { return 0; }
+          if (x === null) { return 1; }
+          if (y === null) { return -1; }
+          return (x < y ? -1 : 1) * direction;
+        });
+        rows.forEach(function (row) { body.appendChild(row); });
+      });
+    });
+  });
+})();
+"""
