@@ -15,7 +15,8 @@ from rnnscope.cli.demo import QUICK, STORY, demo_study_data
 from rnnscope.cli.main import main
 from rnnscope.study import study_from_dict
 
-REMEDIES = ("relu-big-init+clip", "irnn", "lstm+chrono", "gru", "lstm+chrono+tbptt")
+# Remedies for the vanishing gradient; clipping is the remedy for the exploding one.
+REMEDIES = ("irnn", "lstm+chrono", "gru", "lstm+chrono+tbptt")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,8 @@ def test_quick_demo_tells_the_story_in_its_report(quick_demo):
     assert exploding["status"] == "diverged" and exploding["diagnosis"]["verdict"] == "nonfinite"
     clipped = runs["relu-big-init+clip"]["result"]
     assert clipped["status"] in ("finished", "solved") and clipped["clip_rate"] > 0
+    assert clipped["diagnosis"]["verdict"] != "nonfinite"
+    assert clipped["metric"]["value"] < 10 * clipped["baseline"]  # finite and sane
 
 
 def test_running_the_demo_again_reuses_finished_runs(quick_demo, capsys):

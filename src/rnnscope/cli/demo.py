@@ -24,44 +24,60 @@ again reuses finished runs. Exit codes: 0 done, 1 a run failed with an error,
 2 bad input, 130 interrupted.
 """
 
-# (run name, settings over the base, what it shows). The relu pair uses plain SGD as
-# Pascanu et al. did: Adam's per-weight scaling hides an exploding gradient's step.
+# (run name, settings over the base, what it is). The relu pair uses plain SGD as
+# Pascanu et al. did: Adam's per-weight step scaling hides an exploding gradient.
+# "{radius}" and "{window}" depend on the demo's size (`demo_study_data`).
 STORY = (
     ("tanh", {"model.cell": "rnn_tanh", "clip": "none"},
-     "vanishing: the gradient dies within a few dozen steps; stays at chance"),
-    ("relu-big-init", {"model.cell": "rnn_relu", "init": "spectral:2.5", "clip": "none",
-                       "optim.name": "sgd", "optim.lr": 0.001},
-     "exploding: W_hh with spectral radius 2.5; NaN within a few steps"),
-    ("relu-big-init+clip", {"model.cell": "rnn_relu", "init": "spectral:2.5",
-                            "clip": "norm:1.0", "optim.name": "sgd", "optim.lr": 0.001},
-     "the same model, clipped by global norm: training goes on"),
+     "tanh RNN, torch's default init, no clipping"),
+    ("relu-big-init", {"model.cell": "rnn_relu", "init": "spectral:{radius}", "clip": "none",
+                       "optim.name": "sgd"},
+     "ReLU RNN, W_hh scaled to spectral radius {radius}, SGD, no clipping"),
+    ("relu-big-init+clip", {"model.cell": "rnn_relu", "init": "spectral:{radius}",
+                            "clip": "norm:1.0", "optim.name": "sgd"},
+     "the same, gradient clipped to global norm 1"),
     ("tanh+orthogonal", {"model.cell": "rnn_tanh", "init": "orthogonal"},
-     "orthogonal W_hh: the gradient reaches further back"),
+     "tanh RNN, orthogonal W_hh"),
     ("irnn", {"model.cell": "rnn_relu", "init": "identity:1.0"},
-     "ReLU units with W_hh = I (Le et al. 2015)"),
-    ("lstm", {"model.cell": "lstm", "init": "forget_bias:1.0"},
-     "gated cell, forget-gate bias 1"),
+     "ReLU RNN with W_hh = I (IRNN, Le et al. 2015)"),
+    ("lstm", {"model.cell": "lstm", "init": "forget_bias:1.0"}, "LSTM, forget-gate bias 1"),
     ("lstm+chrono", {"model.cell": "lstm", "init": "chrono:{task.seq_len}"},
-     "gated cell, chrono init (Tallec & Ollivier 2018)"),
-    ("gru", {"model.cell": "gru", "init": "orthogonal"}, "gated cell, orthogonal init"),
+     "LSTM, chrono init (Tallec & Ollivier 2018)"),
+    ("gru", {"model.cell": "gru", "init": "orthogonal"}, "GRU, orthogonal W_hh"),
     ("lstm+chrono+tbptt", {"model.cell": "lstm", "init": "chrono:{task.seq_len}",
                            "bptt.window": "{window}"},
-     "truncated BPTT, window shorter than the dependency: cheaper, but blind to it"),
+     "LSTM, chrono init, truncated BPTT in windows of {window} steps"),
 )
 QUICK = ("tanh", "relu-big-init", "relu-big-init+clip", "irnn", "lstm+chrono", "gru",
          "lstm+chrono+tbptt")
 
 
+def demo_sizes(quick: bool) -> dict:
+    """Sizes that finish in time on 2 CPU cores. The radius is the smallest at which the
+    unclipped ReLU RNN of that width reaches NaN within a few steps (measured)."""
+    if quick:
+        return {"seq_len": 40, "steps": 200, "hidden": 32, "radius": 2.5, "window": 8}
+    return {"seq_len": 50, "steps": 800, "hidden": 64, "radius": 2.0, "window": 10}
+
+
+def _sized(value, sizes: dict):
+    if value == "{window}":
+        return sizes["window"]
+    if isinstance(value, str):
+        return value.replace("{radius}", str(sizes["radius"])) \
+            .replace("{window}", str(sizes["window"]))
+    return value
+
+
 def demo_study_data(quick: bool) -> dict:
     """The demo as a study file's contents: the story's models over one base config."""
-    seq_len, steps, hidden = (40, 200, 32) if quick else (50, 800, 64)
-    window = seq_len // 5
-    base = {"task": {"name": "adding", "seq_len": seq_len},
-            "model": {"hidden": hidden}, "optim": {"lr": 0.01}, "clip": "norm:1.0",
+    sizes = demo_sizes(quick)
+    base = {"task": {"name": "adding", "seq_len": sizes["seq_len"]},
+            "model": {"hidden": sizes["hidden"]}, "optim": {"lr": 0.01}, "clip": "norm:1.0",
             "probe": {"every": 10, "histograms": False},
-            "run": {"steps": steps, "batch": 32, "eval_every": 50, "checkpoint_every": 100}}
-    variants = [{"name": name, **{key: window if value == "{window}" else value
-                                  for key, value in settings.items()}}
+            "run": {"steps": sizes["steps"], "batch": 32, "eval_every": 50,
+                    "checkpoint_every": 100}}
+    variants = [{"name": name, **{key: _sized(value, sizes) for key, value in settings.items()}}
                 for name, settings, _ in STORY if not quick or name in QUICK]
     return {"name": "demo-quick" if quick else "demo", "base": base, "variants": variants}
 
@@ -116,15 +132,15 @@ def run(args: argparse.Namespace) -> int:
             "runs": [{"name": row.name, "status": row.status, "result": row.result}
                      for row in rows]}), indent=2, allow_nan=False))
     else:
-        _print_table(rows)
+        _print_table(rows, demo_sizes(args.quick))
         print(f"done in {seconds:.0f} s. Open the report: {report}")
     return EXIT_FAILED if any(row.status == "error" for row in rows) else EXIT_OK
 
 
-def _print_table(rows) -> None:
-    shows = {name: text for name, _, text in STORY}
-    print(f"\n{'model':20}{'status':10}{'steps':>6}{'MSE':>9}  {'gradient':10}{'reach':>6}"
-          f"   what it shows")
+def _print_table(rows, sizes: dict) -> None:
+    shows = {name: _sized(text, sizes) for name, _, text in STORY}
+    print(f"\n{'run':20}{'status':10}{'steps':>6}{'MSE':>9}  {'gradient':10}{'reach':>6}"
+          f"   what was trained")
     for row in rows:
         result = row.result or {}
         if row.status != "done":
@@ -132,12 +148,33 @@ def _print_table(rows) -> None:
             continue
         metric = (result.get("metric") or {}).get("value")
         diagnosis = result.get("diagnosis") or {}
-        reach = f"{diagnosis.get('reach')}/{(result.get('evidence') or {}).get('steps', '?')}" \
-            if diagnosis else "-"
+        reach = f"{diagnosis.get('reach')}/{sizes['seq_len']}" if diagnosis else "-"
         shown = f"{metric:9.4f}" if isinstance(metric, float) else f"{'nan':>9}"
         print(f"{row.name:20}{result.get('status', ''):10}{result.get('steps', 0):>6}{shown}  "
               f"{diagnosis.get('verdict', '-'):10}{reach:>6}   {shows.get(row.name, '')}")
+    for line in _story(rows, sizes):
+        print(f"  {line}" if line else "")
     print()
+
+
+def _story(rows, sizes: dict) -> list[str]:
+    """What the numbers say, for the runs that got that far."""
+    results = {row.name: row.result for row in rows if row.status == "done" and row.result}
+    lines = ["", "reach: steps back until ||dL/dh_t|| falls below 1e-3 of its peak, after "
+             "training"]
+    tanh = results.get("tanh")
+    if tanh and tanh.get("diagnosis"):
+        lines.append(f"tanh RNN: {tanh['diagnosis']['verdict']}, the gradient reaches "
+                     f"{tanh['diagnosis']['reach']} of {sizes['seq_len']} steps back")
+    wild, clipped = results.get("relu-big-init"), results.get("relu-big-init+clip")
+    if wild and clipped and wild["status"] == "diverged":
+        lines.append(f"big init: NaN at step {wild['steps'] + 1} without clipping; clipped, "
+                     f"{clipped['status']} after {clipped['steps']} steps (clipped "
+                     f"{clipped.get('clip_rate', 0):.0%} of them)")
+    solved = [f"{name} ({result['steps']} steps)" for name, result in results.items()
+              if result.get("solved")]
+    lines.append(f"solved (MSE < 0.01): {', '.join(solved) if solved else 'none'}")
+    return lines
 
 
 __all__ = ["STORY", "demo_study_data", "register", "run"]
