@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The browser tests open the HTML report in headless Chromium: install Debian's
+# package when it is missing (as root or with password-less sudo), else say so. The
+# tests skip without it, except under CI=true, where they fail.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=sudo; \
+	  else echo "note: chromium is missing and installing it needs root:" \
+	    "apt-get install chromium (the browser tests skip, or fail under CI)"; exit 0; fi; \
+	  if ! command -v apt-get >/dev/null 2>&1; then echo "note: no apt-get here; install" \
+	    "chromium by hand for the browser tests"; exit 0; fi; \
+	  echo "installing chromium for the browser tests (apt-get)"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$sudo apt-get install -y -qq chromium >/dev/null \
+	  || echo "note: installing chromium failed; the browser tests skip, or fail under CI"; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
