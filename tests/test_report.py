@@ -260,7 +260,7 @@ def test_study_report_compares_every_run(study):
     # one grid figure, a heat map and curves per trained run
     assert report.figures == 1 + 2 * len(TRAINED) == report.html.count("<img ")
     assert 'id="run-0"' in report.html and 'href="#run-4"' in report.html
-    assert "runs/pending-run (not started)" in report.html
+    assert "runs/pending-run (none: the run is pending)" in report.html
     assert_safe(report.html)
 
 

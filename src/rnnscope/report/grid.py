@@ -98,7 +98,7 @@ def study_grid_figure(grid: Grid, titles: dict[str, str], *, lower_is_better=("m
     """One heat-map table per quantity in `titles`, each cell annotated with its mean and
     (when seeds were averaged) the number of runs; empty cells had no finished run."""
     quantities = list(titles)
-    height = 1.6 + 0.45 * len(grid.rows)
+    height = 2.2 + 0.5 * len(grid.rows)
     width = 2.5 + max(len(label) for label in grid.rows) * 0.06 + 1.1 * len(grid.columns)
     figure, axes = plt.subplots(1, len(quantities), figsize=(min(width, 9) * len(quantities),
                                                              height), dpi=100, squeeze=False)
@@ -113,10 +113,10 @@ def study_grid_figure(grid: Grid, titles: dict[str, str], *, lower_is_better=("m
                 text += f"\n(n={grid.counts[i, j]})"
             shade = 0.5 if high == low else (value - low) / (high - low)
             dark = (shade > 0.5) == (cmap == "viridis_r") if math.isfinite(value) else False
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if dark else "black")
-        ax.set_yticks(range(len(grid.rows)), grid.rows, fontsize=8)
-        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=8)
+        ax.set_yticks(range(len(grid.rows)), grid.rows, fontsize=9)
+        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=9)
         ax.set_xlabel(grid.column_key or "")
         ax.set_title(titles[quantity], fontsize=10)
     figure.tight_layout()

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rnnscope.files import atomic_target  # noqa: E402
 from rnnscope.recording import GradientFlow  # noqa: E402
@@ -105,6 +106,7 @@ def flow_heatmap_figure(probes: list[dict], *, title: str = ""):
             ax.imshow(special, origin="lower", aspect="auto", interpolation="nearest",
                       cmap=ListedColormap([UNDERFLOW_COLOUR, NONFINITE_COLOUR]), vmin=0, vmax=1)
         _step_ticks(ax, grid["steps"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("steps back from the loss")
         ax.set_title(name, fontsize=10)
     axes[0][0].set_ylabel("training step")
@@ -160,6 +162,7 @@ def flow_slices_figure(probes: list[dict], *, title: str = ""):
             ax.plot(range(len(shown)), shown, color=colour, linestyle=styles[k % len(styles)],
                     label=f"{name}, step {steps[pick]}")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("steps back from the loss")
     ax.set_ylabel("batch-mean ||dL/dh_t||")
     ax.set_title(title or "gradient flow at the first, middle and last probe")

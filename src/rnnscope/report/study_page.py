@@ -100,7 +100,8 @@ def run_section(study: StudyData, row, index: int, page: Page) -> None:
         page.heading(3, row.name, anchor)
         page.add(f"<p>{esc(settings)}</p>")
         _store_status(row, page)
-        page.skip("This run's sections", f"its run directory runs/{row.name} (not started)")
+        page.skip("This run's sections", f"its run directory runs/{row.name} (none: the "
+                  f"run is {row.status})")
         return
     run_page(run, page, level=3, anchor=anchor, figures=("heatmap", "curves"),
              config_open=False, lead=f"Grid settings: {settings or 'none'}; attempts "
