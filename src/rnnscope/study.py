@@ -98,7 +98,7 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
         raise ValueError("study.exclude: expected a list of mappings of setting -> value")
     exclude = [{_setting(k): v for k, v in entry.items()} for entry in exclude]
     keys = [_setting(key) for key in grid]
-    runs = []
+    runs, tasks = [], set()
     for variant in variants:
         label = variant.get("name")
         fixed = {_setting(k): v for k, v in variant.items() if k != "name"}
@@ -110,6 +110,7 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
             run_name = _run_name(label, chosen)
             try:
                 config, params = _configure(base, params)
+                _check_task(config, tasks)
             except ValueError as error:
                 raise ValueError(f"study: run {run_name}: {error}") from None
             try:
@@ -173,6 +174,16 @@ def _resolved(config: ExperimentConfig, key: str):
         return config.to_dict()[section].get(field)
     return config.clip.spec if section == "clip" else \
         getattr(getattr(config, section), SPEC_FIELDS[section])
+
+
+def _check_task(config: ExperimentConfig, built: set[str]) -> None:
+    """Build the run's task, once per distinct task config: the task section checks only
+    its keys, so a bad value (seq_len: long) or a missing data file is caught here, before
+    anything runs, rather than as an error in every run."""
+    key = repr(config.task)
+    if key not in built:
+        config.task.build()
+        built.add(key)
 
 
 def _check_model(config: ExperimentConfig) -> None:
