@@ -497,3 +497,31 @@ def test_example_study_files_load_and_say_how_to_run_them(path):
 def test_there_are_example_study_files():
     assert {"adding-lengths.yaml", "copy-lengths.yaml", "remedies.yaml",
             "temporal-order.yaml"} <= {p.name for p in EXAMPLES.glob("*.yaml")}
+
+
+def test_exclude_matches_a_template_as_written_and_as_filled_in():
+    grid = {"cell": ["rnn_tanh", "lstm"], "init": ["orthogonal", "chrono:{task.seq_len}"]}
+    for excluded in ("chrono:{task.seq_len}", "chrono:10"):
+        study = study_from_dict({"base": TINY, "grid": grid,
+                                 "exclude": [{"cell": "rnn_tanh", "init": excluded}]})
+        assert [run.name for run in study.runs] == [
+            "cell=rnn_tanh,init=orthogonal", "cell=lstm,init=orthogonal",
+            "cell=lstm,init=chrono-10"]
+
+
+def test_a_directory_holding_another_study_is_refused_but_a_grown_one_continues(tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "study"
+    first = write_study(tmp_path / "first.yaml", {"base": TINY, "grid": {"seed": [0]}})
+    assert main(["study", str(first), "--out", str(out), "--quiet"]) == 0
+    other = write_study(tmp_path / "other.yaml", {"base": TINY, "grid": {"cell": ["gru"]}})
+    assert main(["study", str(other), "--out", str(out), "--quiet"]) == 2
+    assert "holds another study" in one_line_error(capsys)
+    assert [row.name for row in StudyStore(out / "study.db").rows()] == ["seed=0"]
+    # The same study with one more seed: the finished run stays, the new one runs.
+    grown = write_study(tmp_path / "grown.yaml", {"base": TINY, "grid": {"seed": [0, 1]}})
+    assert main(["study", str(grown), "--out", str(out), "--quiet"]) == 0
+    rows = StudyStore(out / "study.db").rows()
+    assert [(row.name, row.status, row.attempts) for row in rows] == [
+        ("seed=0", "done", 1), ("seed=1", "done", 1)]
+    assert (out / "study.yaml").read_text() == grown.read_text()

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from rnnscope.config import read_yaml
 from rnnscope.experiment import SECTIONS, SPEC_FIELDS, ExperimentConfig
+from rnnscope.files import atomic_target
 from rnnscope.runlog import StudyRow, StudyStore
 
 STUDY_FILE, STORE, RUNS = "study.yaml", "study.db", "runs"
@@ -105,7 +106,7 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
         for values in itertools.product(*grid.values()):
             chosen = dict(zip(keys, values, strict=True))
             params = {**fixed, **chosen}
-            if any(all(params.get(k) == v for k, v in entry.items()) for entry in exclude):
+            if _excluded(params, exclude):
                 continue
             run_name = _run_name(label, chosen)
             try:
@@ -113,6 +114,8 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
                 _check_task(config, tasks)
             except ValueError as error:
                 raise ValueError(f"study: run {run_name}: {error}") from None
+            if _excluded(params, exclude):  # as filled in: chrono:100 as well as chrono:{...}
+                continue
             try:
                 _check_model(config)
             except ValueError as error:
@@ -135,6 +138,11 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
         raise ValueError(f"study: two runs are both named {twice[0]!r}; give the variants "
                          f"different names")
     return Study(name, runs, data)
+
+
+def _excluded(params: dict, exclude: list[dict]) -> bool:
+    return any(all(params.get(key) == value for key, value in entry.items())
+               for entry in exclude)
 
 
 def _setting(key) -> str:
@@ -216,10 +224,17 @@ def prepare(study: Study, directory: str | Path, source: str | Path | None = Non
         raise ValueError(f"out: {directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     store = StudyStore(directory / STORE)
+    # The same study again, or one grown by more runs (another seed); never a mix of two.
+    names = {run.name for run in study.runs}
+    foreign = [row.name for row in store.rows() if row.name not in names]
+    if foreign:
+        store.close()
+        raise ValueError(f"out: {directory} holds another study (its run {foreign[0]!r} is "
+                         f"not in this one); choose another --out")
     store.add([(run.name, run.params, stored_config(run.config)) for run in study.runs])
-    copy = directory / STUDY_FILE
-    if source is not None and not copy.exists():
-        shutil.copyfile(source, copy)
+    if source is not None:
+        with atomic_target(directory / STUDY_FILE) as temporary:
+            shutil.copyfile(source, temporary)
     return store
 
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,10 +78,13 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
                 try:
                     for future in as_completed(futures):
                         report(future.result())
-                except BaseException:
+                except BrokenProcessPool:
+                    raise RuntimeError("a worker process died (killed, or out of memory); "
+                                       "finished runs are kept: run the same command again "
+                                       "to resume") from None
+                finally:
                     for future in futures:
                         future.cancel()
-                    raise
         rows = [row for row in store.rows() if row.name in configs]
         store.close()
         return rows
@@ -124,8 +128,14 @@ def _attempt(store: StudyStore, directory: Path, name: str, config: dict) -> Non
     store.finish(name, owner, "done", summary)
 
 
+_watching: set[int] = set()  # parents this process already watches
+
+
 def _exit_with(parent: int) -> None:
     """End this worker when `parent` is gone (then this process is re-parented)."""
+    if parent in _watching:
+        return
+    _watching.add(parent)
 
     def watch() -> None:
         while os.getppid() == parent:

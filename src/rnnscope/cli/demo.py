@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
                          on_result=(lambda row, done, total: print(
                              f"  [{done}/{total}] {row.name} finished", flush=True))
                          if talk else None)
+    except RuntimeError as error:  # a worker process died
+        print(f"rnnscope: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"rnnscope: interrupted; run the same command again to finish ({directory})",
               file=sys.stderr)

@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = run_study(study, directory, workers=args.workers, source=args.file,
                          on_result=progress)
+    except RuntimeError as error:  # a worker process died
+        print(f"rnnscope: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"rnnscope: interrupted; finished runs are kept. Resume with: rnnscope study "
               f"{args.file} --workers {args.workers} --out {directory}", file=sys.stderr)
