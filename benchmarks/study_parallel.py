@@ -9,7 +9,7 @@ three ways, each into a fresh directory, wall-clock seconds:
 
 then `rnnscope report` on the finished study (9 figures per run, embedded).
 
-    python benchmarks/study_parallel.py            # T=50, hidden 64, 150 steps a run
+    python benchmarks/study_parallel.py            # T=50, hidden 64, 500 steps a run
     python benchmarks/study_parallel.py --quick    # T=30, hidden 32, 40 steps a run
 """
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    seq_len, hidden, steps = (30, 32, 40) if args.quick else (50, 64, 150)
+    seq_len, hidden, steps = (30, 32, 40) if args.quick else (50, 64, 500)
     study = study_from_dict(study_data(seq_len, hidden, steps))
     print(f"study: adding T={seq_len}, hidden {hidden}, {steps} steps a run, "
           f"{len(study.runs)} runs, {os.cpu_count()} cores")
@@ -58,6 +58,9 @@ def main() -> None:
             for run in study.runs:
                 train(run.config.with_overrides({"run": {"out": str(root / "loop" / run.name)}}))
 
+        # Warm-up: first-use imports (tensorboard), allocator, lazy initialisation.
+        first = study.runs[0].config
+        train(first.with_overrides({"run": {"steps": 5, "out": str(root / "warm-up")}}))
         seconds = {"loop": timed(loop)}
         for workers in (1, 2):
             seconds[f"workers={workers}"] = timed(
