@@ -475,6 +475,60 @@ def test_a_study_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
         assert first_line.get("marker") == "first attempt"
 
 
+
+def test_ctrl_c_gives_unfinished_runs_back_and_the_same_command_finishes_them(tmp_path):
+    steps = 200
+    path = write_study(tmp_path / "long.yaml", {
+        "base": {**TINY, "run": {**TINY["run"], "steps": steps, "checkpoint_every": 10,
+                                 "early_stop": False}},
+        "grid": {"cell": ["rnn_tanh", "gru"], "seed": [0, 1]}})
+    out, database = tmp_path / "out", tmp_path / "out" / "study.db"
+    command = [sys.executable, "-m", "rnnscope", "study", str(path), "--workers", "2",
+               "--out", str(out)]
+    workers: set[int] = set()
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches every process.
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert first.poll() is None, "the study ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no run got under way in time"
+            running = [row for row in _rows(database) if row[1] == "running"]
+            workers |= {int(row[2].partition(":")[0]) for row in running}
+            if len(running) == 2 and all(
+                    _lines(out / "runs" / row[0] / "metrics.jsonl") >= 5 for row in running):
+                break
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130, err
+        assert "Traceback" not in err and "Resume with: rnnscope study" in err, err
+        deadline = time.monotonic() + 15
+        while not all(_gone(pid) for pid in workers):
+            assert time.monotonic() < deadline, "worker processes outlived the interrupt"
+            time.sleep(0.1)
+        # Nothing is left claimed by a process that no longer exists.
+        assert all(row[1] in ("pending", "done") for row in _rows(database))
+
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stdout + second.stderr
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        for pid in workers:
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    store = StudyStore.existing(database)
+    rows = store.rows()
+    store.close()
+    assert all(row.status == "done" and row.finishes == 1 for row in rows), rows
+    for row in rows:
+        assert _train_steps(out / "runs" / row.name) == list(range(1, steps + 1))
+
 # Example study files
 
 

@@ -65,29 +65,43 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
                 row = next(row for row in store.rows() if row.name == name)
                 on_result(row, finished, total)
 
-        if workers == 1 or total <= 1:
-            for name in todo:
-                execute(str(directory), name, configs[name])
-                report(name)
-        else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, total), mp_context=context) as pool:
-                futures = [pool.submit(execute, str(directory), name, configs[name],
-                                       os.getpid(), threads) for name in todo]
-                try:
-                    for future in as_completed(futures):
-                        report(future.result())
-                except BrokenProcessPool:
-                    raise RuntimeError("a worker process died (killed, or out of memory); "
-                                       "finished runs are kept: run the same command again "
-                                       "to resume") from None
-                finally:
-                    for future in futures:
-                        future.cancel()
+        try:
+            _run_all(todo, directory, configs, workers, report)
+        except (KeyboardInterrupt, RuntimeError):
+            # Every attempt of ours has ended (the pool waits for its workers), but one
+            # interrupted between its claim and its training, or a worker that died,
+            # left its run claimed: give it back.
+            store.reset_running()
+            store.close()
+            raise
         rows = [row for row in store.rows() if row.name in configs]
         store.close()
         return rows
+
+
+def _run_all(todo: list[str], directory: Path, configs: dict[str, dict], workers: int,
+             report: Callable[[str], None]) -> None:
+    """Train the runs in `todo`: here one after another, or in `workers` processes."""
+    if workers == 1 or len(todo) <= 1:
+        for name in todo:
+            execute(str(directory), name, configs[name])
+            report(name)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            futures = [pool.submit(execute, str(directory), name, configs[name],
+                                   os.getpid(), threads) for name in todo]
+            try:
+                for future in as_completed(futures):
+                    report(future.result())
+            except BrokenProcessPool:
+                raise RuntimeError("a worker process died (killed, or out of memory); "
+                                   "finished runs are kept: run the same command again "
+                                   "to resume") from None
+            finally:
+                for future in futures:
+                    future.cancel()
 
 
 def execute(directory: str, name: str, config: dict, parent: int | None = None,
@@ -102,6 +116,13 @@ def execute(directory: str, name: str, config: dict, parent: int | None = None,
     store = open_store(directory)
     try:
         _attempt(store, Path(directory), name, config)
+    except KeyboardInterrupt:
+        if parent is None:
+            raise
+        # Ctrl-C reaches every process of the terminal's group. A worker that went on
+        # would take the next queued run while the study shuts down; it ends here
+        # instead (its run is given back), and the pool shuts the others down.
+        os._exit(130)
     finally:
         store.close()
     return name
