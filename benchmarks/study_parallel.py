@@ -7,7 +7,7 @@ three ways, each into a fresh directory, wall-clock seconds:
     workers=1   rnnscope study in-process: the loop plus study.db and the lock
     workers=2   two spawned worker processes (torch threads split between them)
 
-then `rnnscope report` on the finished study (9 figures per run, embedded).
+then `rnnscope report` on the finished study (the grid and 2 figures per run, embedded).
 
     python benchmarks/study_parallel.py            # T=50, hidden 64, 500 steps a run
     python benchmarks/study_parallel.py --quick    # T=30, hidden 32, 40 steps a run

@@ -54,7 +54,7 @@ def test_quick_demo_tells_the_story_in_its_report(quick_demo):
     assert tanh_verdict == "vanishing" and tanh_reach < steps
     for name in REMEDIES:
         verdict, reach, _ = verdict_and_reach(sections[name])
-        assert verdict == "healthy" or reach > tanh_reach, name
+        assert verdict == "healthy" or reach >= 2 * tanh_reach, name
         # The report shows what the store holds.
         assert reach == runs[name]["result"]["diagnosis"]["reach"]
     # Without clipping, the large init makes the gradient non-finite and the guard stops

@@ -162,6 +162,11 @@ def test_base_may_be_a_yaml_file_next_to_the_study_file(tmp_path, monkeypatch):
      "study: run seq_len=long: task.seq_len: must be an integer >= 2, got 'long'"),
     ({"base": {"task": {"name": "text", "path": "absent.txt"}}},
      "study: run run: task.path: no such file: absent.txt"),
+    ({"name": "../../elsewhere"}, "study.name: letters, digits and . _ + - only"),
+    ({"grid": {"cell": ["lstm"], "model.cell": ["gru"]}},
+     "study.grid: model.cell is given twice"),
+    ({"grid": {"window": [5]}, "variants": [{"name": "a", "bptt.window": 3}]},
+     "study.variants: a sets bptt.window, which the grid also varies"),
 ])
 def test_bad_study_files_are_one_line_errors_naming_the_field(data, message):
     with pytest.raises(ValueError) as error:
@@ -476,12 +481,13 @@ def test_a_study_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
 
 
 
-def test_ctrl_c_gives_unfinished_runs_back_and_the_same_command_finishes_them(tmp_path):
-    steps = 200
-    path = write_study(tmp_path / "long.yaml", {
-        "base": {**TINY, "run": {**TINY["run"], "steps": steps, "checkpoint_every": 10,
-                                 "early_stop": False}},
-        "grid": {"cell": ["rnn_tanh", "gru"], "seed": [0, 1]}})
+def test_ctrl_c_ends_the_study_at_once_and_the_same_command_finishes_it(tmp_path):
+    # One short run, so that one worker is idle (waiting for work) at the interrupt, and
+    # one long run that is under way.
+    steps = {"short": 20, "long": 3000}
+    path = write_study(tmp_path / "two.yaml", {
+        "base": {**TINY, "run": {**TINY["run"], "checkpoint_every": 10, "early_stop": False}},
+        "variants": [{"name": name, "steps": count} for name, count in steps.items()]})
     out, database = tmp_path / "out", tmp_path / "out" / "study.db"
     command = [sys.executable, "-m", "rnnscope", "study", str(path), "--workers", "2",
                "--out", str(out)]
@@ -493,15 +499,19 @@ def test_ctrl_c_gives_unfinished_runs_back_and_the_same_command_finishes_them(tm
         deadline = time.monotonic() + 180
         while True:
             assert first.poll() is None, "the study ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no run got under way in time"
-            running = [row for row in _rows(database) if row[1] == "running"]
-            workers |= {int(row[2].partition(":")[0]) for row in running}
-            if len(running) == 2 and all(
-                    _lines(out / "runs" / row[0] / "metrics.jsonl") >= 5 for row in running):
+            assert time.monotonic() < deadline, "the runs did not get under way in time"
+            rows = {row[0]: row for row in _rows(database)}
+            if "long" in rows and rows["long"][1] == "running":
+                workers.add(int(rows["long"][2].partition(":")[0]))
+            if (rows.get("short", ("", ""))[1] == "done" and rows["long"][1] == "running"
+                    and _lines(out / "runs" / "long" / "metrics.jsonl") >= 20):
                 break
             time.sleep(0.05)
+        interrupted = time.monotonic()
         os.killpg(first.pid, signal.SIGINT)
         _, err = first.communicate(timeout=60)
+        # At once: the long run is not trained to its end first (that takes many seconds).
+        assert time.monotonic() - interrupted < 5
         assert first.returncode == 130, err
         assert "Traceback" not in err and "Resume with: rnnscope study" in err, err
         deadline = time.monotonic() + 15
@@ -509,7 +519,9 @@ def test_ctrl_c_gives_unfinished_runs_back_and_the_same_command_finishes_them(tm
             assert time.monotonic() < deadline, "worker processes outlived the interrupt"
             time.sleep(0.1)
         # Nothing is left claimed by a process that no longer exists.
-        assert all(row[1] in ("pending", "done") for row in _rows(database))
+        assert {row[0]: row[1] for row in _rows(database)} == {"short": "done",
+                                                                "long": "pending"}
+        assert _lines(out / "runs" / "long" / "metrics.jsonl") < steps["long"]
 
         second = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0, second.stdout + second.stderr
@@ -523,11 +535,47 @@ def test_ctrl_c_gives_unfinished_runs_back_and_the_same_command_finishes_them(tm
                     os.kill(pid, signal.SIGKILL)
 
     store = StudyStore.existing(database)
-    rows = store.rows()
+    rows = {row.name: row for row in store.rows()}
     store.close()
-    assert all(row.status == "done" and row.finishes == 1 for row in rows), rows
-    for row in rows:
-        assert _train_steps(out / "runs" / row.name) == list(range(1, steps + 1))
+    assert all(row.status == "done" and row.finishes == 1 for row in rows.values()), rows
+    assert rows["short"].attempts == 1 and rows["long"].attempts == 2
+    for name, count in steps.items():
+        assert _train_steps(out / "runs" / name) == list(range(1, count + 1))
+
+
+def test_a_run_that_ended_before_the_store_heard_of_it_is_not_trained_again(tmp_path,
+                                                                              capsys):
+    path = write_study(tmp_path / "s.yaml", {"base": TINY, "grid": {"seed": [0, 1]}})
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
+    # As a kill between writing summary.json and finishing the row would leave it.
+    with sqlite3.connect(out / "study.db") as connection:
+        connection.execute("UPDATE runs SET status = 'running', finishes = 0, result = NULL "
+                           "WHERE name = 'seed=1'")
+    run_files = sorted((out / "runs" / "seed=1").rglob("*"))
+    before = {path: path.stat().st_mtime_ns for path in run_files if path.is_file()}
+    assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
+    rows = {row.name: row for row in StudyStore(out / "study.db").rows()}
+    assert rows["seed=1"].status == "done" and rows["seed=1"].finishes == 1
+    assert rows["seed=1"].result["steps"] == TINY["run"]["steps"]
+    assert {path: path.stat().st_mtime_ns for path in before} == before  # nothing rewritten
+
+
+def test_a_damaged_store_and_a_foreign_directory_are_one_line_errors(tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "study.db").write_text("not a database")
+    assert main(["study", "--status", str(damaged)]) == 2
+    assert "not a readable study store" in one_line_error(capsys)
+    assert main(["report", str(damaged)]) == 2
+    assert "not a readable study store" in one_line_error(capsys)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine")
+    path = write_study(tmp_path / "s.yaml", {"base": TINY})
+    assert main(["study", str(path), "--out", str(elsewhere)]) == 2
+    assert "holds files that are not a study's (e.g. notes.txt)" in one_line_error(capsys)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt"]
 
 # Example study files
 

@@ -248,18 +248,27 @@ class StudyStore:
     finish a run twice or overwrite another attempt's result.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps it safe against crashes
-        self._db.execute(_SCHEMA)
+        try:
+            if readonly:  # readers (--status, the report) change nothing, not even the file
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60,
+                                           isolation_level=None)
+                self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
+            else:
+                self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays safe on a crash
+                self._db.execute(_SCHEMA)
+        except sqlite3.Error as error:
+            raise ValueError(f"study: {self.path} is not a readable study store ({error})"
+                             ) from None
 
     @classmethod
-    def existing(cls, path: str | Path) -> StudyStore:
+    def existing(cls, path: str | Path, *, readonly: bool = False) -> StudyStore:
         if not Path(path).is_file():
             raise ValueError(f"study: {path} is not a study store (made by rnnscope study)")
-        return cls(path)
+        return cls(path, readonly=readonly)
 
     def add(self, runs: list[tuple[str, dict, dict]]) -> None:
         """Insert (name, params, config) rows not yet stored; a stored run whose config
@@ -290,7 +299,8 @@ class StudyStore:
         with self._transaction():
             return self._db.execute(
                 "UPDATE runs SET status = 'running', owner = ?, attempts = attempts + 1, "
-                "started = ?, finished = NULL WHERE name = ? AND status IN ('pending', 'error')",
+                "started = ?, finished = NULL, result = NULL "
+                "WHERE name = ? AND status IN ('pending', 'error')",
                 (owner, time.time(), name)).rowcount == 1
 
     def finish(self, name: str, owner: str, status: str, result: dict) -> bool:

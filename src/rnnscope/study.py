@@ -83,6 +83,9 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
     if unknown:
         raise ValueError(f"study.{unknown[0]}: unknown key; accepted: {', '.join(KEYS)}")
     name = str(data.get("name") or default_name)
+    if re.search(r"[^A-Za-z0-9._+-]", name) or name in (".", ".."):
+        raise ValueError(f"study.name: letters, digits and . _ + - only (it names the study "
+                         f"directory), got {name!r}")
     base = ExperimentConfig.from_dict(data.get("base") or {})
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -99,10 +102,18 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
         raise ValueError("study.exclude: expected a list of mappings of setting -> value")
     exclude = [{_setting(k): v for k, v in entry.items()} for entry in exclude]
     keys = [_setting(key) for key in grid]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"study.grid: {twice[0]} is given twice (as a shorthand and as "
+                         f"section.key); keep one")
     runs, tasks = [], set()
     for variant in variants:
         label = variant.get("name")
         fixed = {_setting(k): v for k, v in variant.items() if k != "name"}
+        both = sorted(set(fixed) & set(keys))
+        if both:
+            raise ValueError(f"study.variants: {label} sets {both[0]}, which the grid also "
+                             f"varies; set it in one place")
         for values in itertools.product(*grid.values()):
             chosen = dict(zip(keys, values, strict=True))
             params = {**fixed, **chosen}
@@ -248,8 +259,8 @@ def run_directory(directory: str | Path, name: str) -> Path:
     return Path(directory) / RUNS / name
 
 
-def open_store(directory: str | Path) -> StudyStore:
-    return StudyStore.existing(Path(directory) / STORE)
+def open_store(directory: str | Path, *, readonly: bool = False) -> StudyStore:
+    return StudyStore.existing(Path(directory) / STORE, readonly=readonly)
 
 
 def result_line(row: StudyRow) -> str:

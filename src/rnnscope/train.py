@@ -222,7 +222,7 @@ class Trainer:
     def lyapunov_spectrum(self, k: int = LYAPUNOV_K) -> list[float]:
         """The k largest Lyapunov exponents (nats per step) of the first recurrent layer
         along a few held-out sequences: how many directions of the state keep a signal
-        alive, and how fast the others forget. Empty if they are not finite."""
+        alive, and how fast the others forget."""
         run = self.config.run
         generator = torch.Generator().manual_seed(run.seed + DIAGNOSIS_SEED)
         inputs, _ = self.task.batch(min(run.batch, LYAPUNOV_SAMPLES), generator, "valid")
@@ -231,8 +231,7 @@ class Trainer:
         # Step Jacobians cost T x B x S^2 numbers: bound them as diagnose does.
         steps = max(1, min(inputs.shape[0], LYAPUNOV_BUDGET // (inputs.shape[1] * state ** 2)))
         exponents = lyapunov(recurrent, inputs[:steps].to(self.device), k=min(k, state))
-        values = exponents.tolist()
-        return values if all(math.isfinite(v) for v in values) else []
+        return exponents.tolist()  # -inf: a dead ReLU unit; the summary stores null
 
     def current(self) -> dict[str, str]:
         """The settings in force, as the CLI flags that diagnosis fixes are written in."""

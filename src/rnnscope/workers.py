@@ -18,6 +18,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
@@ -30,12 +31,25 @@ from pathlib import Path
 import torch
 
 from rnnscope.experiment import ExperimentConfig
-from rnnscope.runlog import SUMMARY, StudyRow, StudyStore
+from rnnscope.runlog import CONFIG, SUMMARY, StudyRow, StudyStore
 from rnnscope.runner import train
-from rnnscope.study import Study, open_store, prepare, run_directory, stored_config
+from rnnscope.study import (
+    RUNS,
+    STORE,
+    STUDY_FILE,
+    Study,
+    open_store,
+    prepare,
+    run_directory,
+    stored_config,
+)
 
 LOCK = "study.lock"
 PARENT_POLL_SECONDS = 0.5
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without reporting (killed, or out of memory)."""
 
 
 def run_study(study: Study, directory: str | Path, *, workers: int = 1,
@@ -45,38 +59,44 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
 
     `workers` processes train at once (1: in this process). `on_result(row, done,
     total)` is called as each run ends. A ValueError (bad input, directory in use)
-    comes before any run starts; KeyboardInterrupt gives unfinished runs back.
+    comes before any run starts. On KeyboardInterrupt or WorkerDied the workers are
+    ended and every unfinished run is pending again, to be resumed by the same call.
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
     directory = Path(directory)
+    foreign = sorted(path.name for path in directory.iterdir()
+                     if not path.name.startswith((STORE, LOCK, STUDY_FILE, RUNS, "report."))) \
+        if directory.is_dir() else []
+    if foreign:  # --out . or a run directory: a study would scatter its files among others
+        raise ValueError(f"out: {directory} holds files that are not a study's (e.g. "
+                         f"{foreign[0]}); choose a new directory for the study")
     with _locked(directory):
         store = prepare(study, directory, source)
-        store.reset_running()  # we hold the lock: no live study owns them
-        configs = {run.name: stored_config(run.config) for run in study.runs}
-        todo = [row.name for row in store.rows()
-                if row.name in configs and row.status in ("pending", "error")]
-        total, finished = len(todo), 0
-
-        def report(name: str) -> None:
-            nonlocal finished
-            finished += 1
-            if on_result is not None:
-                row = next(row for row in store.rows() if row.name == name)
-                on_result(row, finished, total)
-
         try:
-            _run_all(todo, directory, configs, workers, report)
-        except (KeyboardInterrupt, RuntimeError):
-            # Every attempt of ours has ended (the pool waits for its workers), but one
-            # interrupted between its claim and its training, or a worker that died,
-            # left its run claimed: give it back.
-            store.reset_running()
+            store.reset_running()  # we hold the lock: no live study owns them
+            configs = {run.name: stored_config(run.config) for run in study.runs}
+            todo = [row.name for row in store.rows()
+                    if row.name in configs and row.status in ("pending", "error")]
+            finished = 0
+
+            def report(name: str) -> None:
+                nonlocal finished
+                finished += 1
+                if on_result is not None:
+                    row = next(row for row in store.rows() if row.name == name)
+                    on_result(row, finished, len(todo))
+
+            try:
+                _run_all(todo, directory, configs, workers, report)
+            except (KeyboardInterrupt, WorkerDied):
+                # Our workers have ended; one stopped between claiming a run and
+                # training it, or killed mid-run, left the run claimed: give it back.
+                store.reset_running()
+                raise
+            return [row for row in store.rows() if row.name in configs]
+        finally:
             store.close()
-            raise
-        rows = [row for row in store.rows() if row.name in configs]
-        store.close()
-        return rows
 
 
 def _run_all(todo: list[str], directory: Path, configs: dict[str, dict], workers: int,
@@ -86,43 +106,49 @@ def _run_all(todo: list[str], directory: Path, configs: dict[str, dict], workers
         for name in todo:
             execute(str(directory), name, configs[name])
             report(name)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            futures = [pool.submit(execute, str(directory), name, configs[name],
-                                   os.getpid(), threads) for name in todo]
-            try:
-                for future in as_completed(futures):
-                    report(future.result())
-            except BrokenProcessPool:
-                raise RuntimeError("a worker process died (killed, or out of memory); "
-                                   "finished runs are kept: run the same command again "
-                                   "to resume") from None
-            finally:
-                for future in futures:
-                    future.cancel()
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    context = multiprocessing.get_context("spawn")
+    before = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                             initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
+        futures = [pool.submit(execute, str(directory), name, configs[name]) for name in todo]
+        try:
+            for future in as_completed(futures):
+                report(future.result())
+        except BrokenProcessPool:
+            raise WorkerDied("a worker process died (killed, or out of memory); finished "
+                             "runs are kept: run the same command again to resume") from None
+        except KeyboardInterrupt:
+            # Workers ignore Ctrl-C (an idle one would die with a traceback, a busy one
+            # would take the next queued run): the study ends them, as a SIGKILL would;
+            # their runs resume from their last checkpoints.
+            for future in futures:
+                future.cancel()
+            for child in set(multiprocessing.active_children()) - before:
+                child.terminate()
+            raise
 
 
-def execute(directory: str, name: str, config: dict, parent: int | None = None,
-            threads: int | None = None) -> str:
+def _start_worker(parent: int, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the study process decides (above)
+    torch.set_num_threads(threads)
+
+    def watch() -> None:  # end with the study process, however it ends
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rnnscope-parent-watch", daemon=True).start()
+
+
+def execute(directory: str, name: str, config: dict) -> str:
     """One attempt at one run (in a worker process, or in the caller's): claim, train,
     finish. Returns the run's name. A run that raises is stored as an error, not
     raised: one bad run does not stop the study."""
-    if parent is not None:
-        _exit_with(parent)
-    if threads is not None:
-        torch.set_num_threads(threads)
     store = open_store(directory)
     try:
         _attempt(store, Path(directory), name, config)
-    except KeyboardInterrupt:
-        if parent is None:
-            raise
-        # Ctrl-C reaches every process of the terminal's group. A worker that went on
-        # would take the next queued run while the study shuts down; it ends here
-        # instead (its run is given back), and the pool shuts the others down.
-        os._exit(130)
     finally:
         store.close()
     return name
@@ -134,11 +160,15 @@ def _attempt(store: StudyStore, directory: Path, name: str, config: dict) -> Non
         return
     out = run_directory(directory, name)
     try:
-        experiment = ExperimentConfig.from_dict(config).with_overrides(
-            {"run": {"out": str(out)}})
-        # An earlier attempt that wrote config.yaml is continued from its checkpoint.
-        train(experiment, resume=(out / "config.yaml").is_file())
-        summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+        # A worker of a killed study may live on for a moment: wait until it is gone.
+        with _run_lock(out):
+            summary = _finished_summary(out)
+            if summary is None:
+                experiment = ExperimentConfig.from_dict(config).with_overrides(
+                    {"run": {"out": str(out)}})
+                # An earlier attempt that wrote config.yaml is continued from its checkpoint.
+                train(experiment, resume=(out / CONFIG).is_file())
+                summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
     except KeyboardInterrupt:
         store.release(name, owner)
         raise
@@ -149,21 +179,23 @@ def _attempt(store: StudyStore, directory: Path, name: str, config: dict) -> Non
     store.finish(name, owner, "done", summary)
 
 
-_watching: set[int] = set()  # parents this process already watches
+def _finished_summary(out: Path) -> dict | None:
+    """The summary of a run that ended (solved, finished, diverged, failed) but was killed
+    before the store heard of it: its result stands, it is not trained again."""
+    try:
+        summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") in (
+        "solved", "finished", "diverged", "failed") else None
 
 
-def _exit_with(parent: int) -> None:
-    """End this worker when `parent` is gone (then this process is re-parented)."""
-    if parent in _watching:
-        return
-    _watching.add(parent)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="rnnscope-parent-watch", daemon=True).start()
+@contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f".{out.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel when its holder dies
+        yield
 
 
 @contextmanager
@@ -185,4 +217,4 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["execute", "run_study"]
+__all__ = ["WorkerDied", "execute", "run_study"]

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
     from rnnscope.report.html import write_report  # imports torch and matplotlib
     from rnnscope.study import study_from_dict
-    from rnnscope.workers import run_study
+    from rnnscope.workers import WorkerDied, run_study
 
     started = time.perf_counter()
     data = demo_study_data(args.quick)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                          on_result=(lambda row, done, total: print(
                              f"  [{done}/{total}] {row.name} finished", flush=True))
                          if talk else None)
-    except RuntimeError as error:  # a worker process died
+    except WorkerDied as error:
         print(f"rnnscope: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -153,7 +153,7 @@ def _print_table(rows, sizes: dict) -> None:
         diagnosis = result.get("diagnosis") or {}
         reach = f"{diagnosis.get('reach')}/{sizes['seq_len']}" if diagnosis else "-"
         shown = f"{metric:9.4f}" if isinstance(metric, float) else f"{'nan':>9}"
-        print(f"{row.name:20}{result.get('status', ''):10}{result.get('steps', 0):>6}{shown}  "
+        print(f"{row.name:20}{result.get('status', ''):10}{result.get('steps') or 0:>6}{shown}  "
               f"{diagnosis.get('verdict', '-'):10}{reach:>6}   {shows.get(row.name, '')}")
     for line in _story(rows, sizes):
         print(f"  {line}" if line else "")
@@ -170,7 +170,7 @@ def _story(rows, sizes: dict) -> list[str]:
         lines.append(f"tanh RNN: {tanh['diagnosis']['verdict']}, the gradient reaches "
                      f"{tanh['diagnosis']['reach']} of {sizes['seq_len']} steps back")
     wild, clipped = results.get("relu-big-init"), results.get("relu-big-init+clip")
-    if wild and clipped and wild["status"] == "diverged":
+    if wild and clipped and wild["status"] == "diverged" and wild.get("steps") is not None:
         lines.append(f"big init: NaN at step {wild['steps'] + 1} without clipping; clipped, "
                      f"{clipped['status']} after {clipped['steps']} steps (clipped "
                      f"{clipped.get('clip_rate', 0):.0%} of them)")

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
 
     from rnnscope.study import load_study  # imports torch: after parsing
-    from rnnscope.workers import run_study
+    from rnnscope.workers import WorkerDied, run_study
 
     study = load_study(args.file)
     directory = args.out or Path("studies") / study.name
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = run_study(study, directory, workers=args.workers, source=args.file,
                          on_result=progress)
-    except RuntimeError as error:  # a worker process died
+    except WorkerDied as error:
         print(f"rnnscope: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -107,7 +107,7 @@ def _show_status(directory: Path, as_json: bool) -> int:
     if not directory.is_dir():
         raise ValueError(f"--status: {directory} is not a directory; expected a study "
                          f"directory (made by rnnscope study)")
-    store = open_store(directory)
+    store = open_store(directory, readonly=True)
     rows, counts = store.rows(), store.counts()
     store.close()
     if as_json:

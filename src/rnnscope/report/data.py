@@ -84,7 +84,7 @@ def load_run(directory: str | Path) -> RunData:
 
 def load_study(directory: str | Path) -> StudyData:
     directory = Path(directory)
-    store = StudyStore.existing(directory / STUDY_DB)
+    store = StudyStore.existing(directory / STUDY_DB, readonly=True)
     try:
         rows = store.rows()  # in the study's order
     finally:

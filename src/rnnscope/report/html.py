@@ -99,7 +99,7 @@ class Page:
             return
         try:
             png = figure_png(draw())
-        except (ValueError, TypeError, KeyError, IndexError) as error:
+        except Exception as error:  # noqa: BLE001 - one figure failing is a note, not a lost report
             self.add(f'<p class="skip">{esc(what)} could not be drawn from {esc(needs)}: '
                      f'{esc(type(error).__name__)}: {esc(error)}</p>')
             return
