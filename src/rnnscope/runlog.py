@@ -35,6 +35,8 @@ from rnnscope.files import atomic_target, json_safe, write_json
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 CHECKPOINTS = "checkpoints"
+# A study directory: the study file as given, the store, one run directory per run.
+STUDY_FILE, STUDY_DB, STUDY_RUNS = "study.yaml", "study.db", "runs"
 
 
 class RunDirectory:

@@ -35,9 +35,8 @@ from pathlib import Path
 from rnnscope.config import read_yaml
 from rnnscope.experiment import SECTIONS, SPEC_FIELDS, ExperimentConfig
 from rnnscope.files import atomic_target
-from rnnscope.runlog import StudyRow, StudyStore
+from rnnscope.runlog import STUDY_DB, STUDY_FILE, STUDY_RUNS, StudyRow, StudyStore
 
-STUDY_FILE, STORE, RUNS = "study.yaml", "study.db", "runs"
 KEYS = ("name", "base", "grid", "variants", "exclude")
 # The CLI's shorthands, accepted as grid keys too.
 ALIASES = {
@@ -234,7 +233,7 @@ def prepare(study: Study, directory: str | Path, source: str | Path | None = Non
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"out: {directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    store = StudyStore(directory / STORE)
+    store = StudyStore(directory / STUDY_DB)
     # The same study again, or one grown by more runs (another seed); never a mix of two.
     names = {run.name for run in study.runs}
     foreign = [row.name for row in store.rows() if row.name not in names]
@@ -256,11 +255,11 @@ def stored_config(config: ExperimentConfig) -> dict:
 
 
 def run_directory(directory: str | Path, name: str) -> Path:
-    return Path(directory) / RUNS / name
+    return Path(directory) / STUDY_RUNS / name
 
 
 def open_store(directory: str | Path, *, readonly: bool = False) -> StudyStore:
-    return StudyStore.existing(Path(directory) / STORE, readonly=readonly)
+    return StudyStore.existing(Path(directory) / STUDY_DB, readonly=readonly)
 
 
 def result_line(row: StudyRow) -> str:

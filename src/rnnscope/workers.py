@@ -31,12 +31,9 @@ from pathlib import Path
 import torch
 
 from rnnscope.experiment import ExperimentConfig
-from rnnscope.runlog import CONFIG, SUMMARY, StudyRow, StudyStore
+from rnnscope.runlog import CONFIG, STUDY_DB, STUDY_FILE, STUDY_RUNS, SUMMARY, StudyRow, StudyStore
 from rnnscope.runner import train
 from rnnscope.study import (
-    RUNS,
-    STORE,
-    STUDY_FILE,
     Study,
     open_store,
     prepare,
@@ -65,9 +62,9 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
     directory = Path(directory)
+    own = (STUDY_DB, LOCK, STUDY_FILE, STUDY_RUNS, "report.")  # study.db-wal too
     foreign = sorted(path.name for path in directory.iterdir()
-                     if not path.name.startswith((STORE, LOCK, STUDY_FILE, RUNS, "report."))) \
-        if directory.is_dir() else []
+                     if not path.name.startswith(own)) if directory.is_dir() else []
     if foreign:  # --out . or a run directory: a study would scatter its files among others
         raise ValueError(f"out: {directory} holds files that are not a study's (e.g. "
                          f"{foreign[0]}); choose a new directory for the study")

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from rnnscope.runlog import CONFIG, METRICS, SUMMARY, StudyStore
-
-STUDY_DB, STUDY_FILE, STUDY_RUNS = "study.db", "study.yaml", "runs"
+from rnnscope.runlog import CONFIG, METRICS, STUDY_DB, STUDY_FILE, STUDY_RUNS, SUMMARY, StudyStore
 
 
 @dataclass
