@@ -303,3 +303,29 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path, caps
     assert message.format(dir=directory, out=out_path) in error, error
     assert sorted(p.name for p in run_dir.iterdir()) == before
     assert not list(tmp_path.rglob("*.html")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_study_of_variants_gets_one_row_per_configuration_not_a_sparse_table():
+    from rnnscope.report.grid import study_grid
+
+    # Three named variants that each change a different setting, two seeds each.
+    variants = [("tanh", {"model.cell": "rnn_tanh", "init": "torch_default"}),
+                ("irnn", {"model.cell": "rnn_relu", "init": "identity:1.0"}),
+                ("lstm", {"model.cell": "lstm", "init": "chrono:50"})]
+    points, labels = [], []
+    for index, (name, params) in enumerate(variants):
+        for seed in (0, 1):
+            points.append(({**params, "run.seed": seed},
+                           {"metric": 0.1 * (index + 1) + seed, "reach": 10 * index + seed}))
+            labels.append(name)
+    grid = study_grid(points, ("metric", "reach"), labels)
+    assert grid.rows == ["tanh", "irnn", "lstm"] and grid.columns == [""]
+    assert grid.means["metric"][:, 0] == pytest.approx([0.6, 0.7, 0.8])  # seeds averaged
+    assert grid.means["reach"][:, 0] == pytest.approx([0.5, 10.5, 20.5])
+    assert grid.counts[:, 0].tolist() == [2, 2, 2]
+    # A full grid (cell x seq_len) stays a table over its parameters.
+    full = [({"model.cell": cell, "task.seq_len": length}, {"metric": 1.0, "reach": 1})
+            for cell in ("rnn_tanh", "lstm") for length in (50, 100)]
+    table = study_grid(full, ("metric", "reach"), [f"c{i}" for i in range(4)])
+    assert table.column_key == "task.seq_len" and table.columns == ["50", "100"]
+    assert table.rows == ["model.cell=lstm", "model.cell=rnn_tanh"]

@@ -48,30 +48,46 @@ def varied_keys(params: list[dict]) -> list[str]:
     return [key for key, seen in keys.items() if len(seen) > 1 and key not in SEED_KEYS]
 
 
-def study_grid(points: list[tuple[dict, dict]], quantities: tuple[str, ...]) -> Grid:
-    """`points`: (params, {quantity: value or None}) of the finished runs."""
+def study_grid(points: list[tuple[dict, dict]], quantities: tuple[str, ...],
+               labels: list[str] | None = None) -> Grid:
+    """`points`: (params, {quantity: value or None}) of the finished runs. `labels`, one
+    per point (a run's name without its seed), name the rows when the study is a list
+    of variants rather than a grid: a table over two parameters would be mostly empty."""
     varied = varied_keys([params for params, _ in points])
     column_key = None
     if varied:
         column_key = PREFERRED_COLUMN if PREFERRED_COLUMN in varied else max(
             reversed(varied), key=lambda k: len({param_text(p.get(k)) for p, _ in points}))
     row_keys = [key for key in varied if key != column_key]
+    grid = _fill(points, quantities, row_keys, column_key, None)
+    if labels is not None and len(grid.rows) > 1 and (grid.counts > 0).mean() < 0.5:
+        column_key = PREFERRED_COLUMN if PREFERRED_COLUMN in varied else None
+        grid = _fill(points, quantities, [], column_key, labels)
+    return grid
 
-    def row_of(params: dict) -> str:
+
+def _fill(points, quantities, row_keys: list[str], column_key: str | None,
+          labels: list[str] | None) -> Grid:
+    def row_of(index: int, params: dict) -> str:
+        if labels is not None:
+            return labels[index]
         return ", ".join(f"{key}={param_text(params.get(key))}" for key in row_keys) \
             or "all runs"
 
     def column_of(params: dict) -> str:
         return "" if column_key is None else param_text(params.get(column_key))
 
-    rows = _ordered({row_of(p): tuple(_sort_key(p.get(k)) for k in row_keys)
-                     for p, _ in points})
+    if labels is not None:  # in the study's order
+        rows = list(dict.fromkeys(labels))
+    else:
+        rows = _ordered({row_of(i, p): tuple(_sort_key(p.get(k)) for k in row_keys)
+                         for i, (p, _) in enumerate(points)})
     columns = _ordered({column_of(p): (_sort_key(p.get(column_key)),) for p, _ in points})
     sums = {q: np.zeros((len(rows), len(columns))) for q in quantities}
     counts = {q: np.zeros((len(rows), len(columns))) for q in quantities}
     runs = np.zeros((len(rows), len(columns)), dtype=int)
-    for params, values in points:
-        i, j = rows.index(row_of(params)), columns.index(column_of(params))
+    for index, (params, values) in enumerate(points):
+        i, j = rows.index(row_of(index, params)), columns.index(column_of(params))
         runs[i, j] += 1
         for quantity in quantities:
             value = values.get(quantity)
@@ -116,7 +132,9 @@ def study_grid_figure(grid: Grid, titles: dict[str, str], *, lower_is_better=("m
             ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if dark else "black")
         ax.set_yticks(range(len(grid.rows)), grid.rows, fontsize=9)
-        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=9)
+        long = max((len(label) for label in grid.columns), default=0) > 6
+        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=9,
+                      rotation=30 if long else 0, ha="right" if long else "center")
         ax.set_xlabel(grid.column_key or "")
         ax.set_title(titles[quantity], fontsize=10)
     figure.tight_layout()

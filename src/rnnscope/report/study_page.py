@@ -79,17 +79,25 @@ def result_values(row) -> dict:
 
 
 def grid_figure(study: StudyData, page: Page) -> None:
+    done = [row for row in study.rows if row.status == "done" and row.result]
     points = [(row.params, {"metric": summary_value(row.result, "metric", "value"),
                             "reach": summary_value(row.result, "diagnosis", "reach")})
-              for row in study.rows if row.status == "done" and row.result]
+              for row in done]
+    labels = [_without_seed(row.name) for row in done]
     names = {summary_value(row.result, "metric", "name") for row in study.rows
              if row.status == "done"} - {None}
     metric = ", ".join(sorted(names)) or "metric"
     titles = {"metric": f"held-out {metric} (lower is better)",
-              "reach": "reach: steps back before the gradient falls below 1e-3 of its peak"}
+              "reach": "reach: steps back to 1e-3 of the peak gradient"}
     page.figure("Final metric and reach per configuration (seeds averaged)",
                 "finished runs in study.db", bool(points),
-                lambda: study_grid_figure(study_grid(points, tuple(titles)), titles))
+                lambda: study_grid_figure(study_grid(points, tuple(titles), labels), titles))
+
+
+def _without_seed(name: str) -> str:
+    """A run's configuration: its name without the seed it was run with."""
+    return ",".join(part for part in name.split(",") if not part.startswith("seed=")) \
+        or name
 
 
 def run_section(study: StudyData, row, index: int, page: Page) -> None:
