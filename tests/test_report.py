@@ -306,8 +306,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path, caps
 
 
 def test_a_study_of_variants_gets_one_row_per_configuration_not_a_sparse_table():
-    from rnnscope.report.grid import study_grid
-
     # Three named variants that each change a different setting, two seeds each.
     variants = [("tanh", {"model.cell": "rnn_tanh", "init": "torch_default"}),
                 ("irnn", {"model.cell": "rnn_relu", "init": "identity:1.0"}),
