@@ -43,7 +43,7 @@ TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
 TARGET = {"a_over_c": 5.0, "c_over_b": 1.25, "d_over_c": 1.5}
 
 
-def plain_loop(cell: str, seq_len: int, hidden: int, steps: int) -> float:
+def plain_loop(cell: str, seq_len: int, hidden: int, steps: int, batch: int = BATCH) -> float:
     """Mean seconds per step of a hand-written loop with torch's module."""
     torch.manual_seed(0)
     task = get_task("adding", seq_len=seq_len)
@@ -53,7 +53,7 @@ def plain_loop(cell: str, seq_len: int, hidden: int, steps: int) -> float:
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        x, y = task.batch(BATCH, generator)
+        x, y = task.batch(batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss = task.loss(head(rnn(x)[0]), y)
         loss.backward()

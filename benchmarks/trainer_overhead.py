@@ -23,37 +23,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import rnnscope
 from rnnscope.experiment import ExperimentConfig
 from rnnscope.numerics import flush_denormal
-from rnnscope.tasks import get_task
 from rnnscope.train import Trainer
-
-
-def plain_loop(seq_len: int, hidden: int, batch: int, steps: int) -> float:
-    torch.manual_seed(0)
-    task = get_task("adding", seq_len=seq_len)
-    rnn, head = nn.LSTM(2, hidden), nn.Linear(hidden, 1)
-    parameters = [*rnn.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        x, y = task.batch(batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss = task.loss(head(rnn(x)[0]), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        loss.item()  # the loss is read every step, as any loop that logs it does
-
-    step()  # warm-up: first-call allocations
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - started) / steps
+from speed import plain_loop  # benchmarks/speed.py: run as a script
 
 
 def config(seq_len: int, hidden: int, batch: int, steps: int, engine: str, every: int,
@@ -100,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         rows = {
-            "plain": plain_loop(seq_len, hidden, batch, steps),
+            "plain": plain_loop("lstm", seq_len, hidden, steps, batch=batch),
             "trainer": bare_trainer(config(seq_len, hidden, batch, steps, "native", 10,
                                            out / "bare"), steps),
             "train()": full_train(config(seq_len, hidden, batch, steps, "native", 10,
