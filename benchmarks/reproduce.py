@@ -26,8 +26,9 @@ import statistics
 from pathlib import Path
 
 from rnnscope.config import read_yaml
-from rnnscope.report.data import read_metrics_lines, summary_value
+from rnnscope.report.data import summary_value
 from rnnscope.report.html import write_report
+from rnnscope.runlog import read_records
 from rnnscope.study import study_from_dict
 from rnnscope.workers import run_study
 
@@ -51,7 +52,7 @@ def configuration(name: str) -> str:
 
 
 def best_metric(run_dir: Path) -> float:
-    lines = read_metrics_lines(run_dir / "metrics.jsonl") or []
+    lines = read_records(run_dir / "metrics.jsonl") or []
     values = [line["metric"] for line in lines
               if line.get("kind") == "eval" and isinstance(line.get("metric"), (int, float))]
     return min(values) if values else math.nan

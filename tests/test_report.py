@@ -20,7 +20,7 @@ from rnnscope.report import plots
 from rnnscope.report.data import load_run
 from rnnscope.report.grid import study_grid
 from rnnscope.report.html import render_report, write_report
-from rnnscope.runlog import StudyStore
+from rnnscope.runlog import RunDirectory, StudyStore, read_records
 
 EVIL = "x<script>alert(1)<"  # run.name may not hold "/", so the tag stays open
 EVIL_PARAM = "<script>alert(2)</script>"
@@ -327,3 +327,15 @@ def test_a_study_of_variants_gets_one_row_per_configuration_not_a_sparse_table()
     table = study_grid(full, ("metric", "reach"), [f"c{i}" for i in range(4)])
     assert table.column_key == "task.seq_len" and table.columns == ["50", "100"]
     assert table.rows == ["model.cell=lstm", "model.cell=rnn_tanh"]
+
+
+def test_a_metrics_file_cut_short_by_a_kill_is_read_up_to_the_cut(tmp_path):
+
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n\n{"kind": "train", "step": 2}\n'
+                    '{"kind": "train", "st', encoding="utf-8")
+    assert read_records(path) == [{"kind": "train", "step": 1}, {"kind": "train", "step": 2}]
+    assert read_records(tmp_path / "absent.jsonl") is None
+    run = RunDirectory(tmp_path)
+    assert [record["step"] for record in run.read_metrics()] == [1, 2]

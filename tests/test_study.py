@@ -372,6 +372,20 @@ def _rows(database: Path) -> list[tuple[str, str, str | None, int, int]]:
         connection.close()
 
 
+def _kill_leftovers(study: subprocess.Popen, workers: set[int], *, group: bool = False) -> None:
+    """A test that fails part-way leaves no study or worker process behind."""
+    if study.poll() is None:
+        if group:
+            os.killpg(study.pid, signal.SIGKILL)
+        else:
+            study.kill()
+        study.wait()
+    for pid in workers:
+        if not _gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _gone(pid: int) -> bool:
     """True once `pid` has exited (a zombie that no one reaped counts as exited)."""
     try:
@@ -455,13 +469,7 @@ def test_a_study_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
         second = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0, second.stdout + second.stderr
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        for pid in workers:
-            if not _gone(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(first, workers)
 
     store = StudyStore.existing(database)
     rows = store.rows()
@@ -526,13 +534,7 @@ def test_ctrl_c_ends_the_study_at_once_and_the_same_command_finishes_it(tmp_path
         second = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0, second.stdout + second.stderr
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-        for pid in workers:
-            if not _gone(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(first, workers, group=True)
 
     store = StudyStore.existing(database)
     rows = {row.name: row for row in store.rows()}

@@ -93,10 +93,7 @@ class RunDirectory:
             temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in
-                self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
+        return read_records(self.metrics_path) or []
 
     # checkpoints
 
@@ -132,6 +129,26 @@ class RunDirectory:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+def read_records(path: str | Path) -> list[dict] | None:
+    """The JSON objects of a JSON-lines file up to the first unreadable line (a kill can
+    cut the last one short); None if there is no file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def all_finite(state) -> bool:

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import yaml
 
-from rnnscope.runlog import CONFIG, METRICS, STUDY_DB, STUDY_FILE, STUDY_RUNS, SUMMARY, StudyStore
+from rnnscope.runlog import (
+    CONFIG,
+    METRICS,
+    STUDY_DB,
+    STUDY_FILE,
+    STUDY_RUNS,
+    SUMMARY,
+    StudyStore,
+    read_records,
+)
 
 
 @dataclass
@@ -71,7 +80,7 @@ def load_run(directory: str | Path) -> RunData:
         except yaml.YAMLError:
             loaded = None
         run.config = loaded if isinstance(loaded, dict) else None
-    lines = read_metrics_lines(directory / METRICS)
+    lines = read_records(directory / METRICS)
     if lines is not None:
         run.train = [line for line in lines if line.get("kind") == "train"]
         run.evals = [line for line in lines if line.get("kind") == "eval"]
@@ -93,25 +102,6 @@ def load_study(directory: str | Path) -> StudyData:
         if run_dir.is_dir():
             study.runs[row.name] = load_run(run_dir)
     return study
-
-
-def read_metrics_lines(path: Path) -> list[dict] | None:
-    """The JSON lines of metrics.jsonl up to the first unreadable one (a kill can cut the
-    last line short); None if there is no file."""
-    text = _read_text(path)
-    if text is None:
-        return None
-    lines = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(record, dict):
-            lines.append(record)
-    return lines
 
 
 def flow_matrix(probes: list[dict], layer: int) -> tuple[list[int], list[list[float]]]:

@@ -54,14 +54,20 @@ def flow_profile_figure(flow: GradientFlow, *, title: str = "", threshold: float
     if peak > 0:
         axes.axhline(peak * threshold, color="grey", linestyle="--", linewidth=1,
                      label=f"{threshold:g} x peak")
-    axes.set_yscale("log")
-    axes.set_xlabel("steps back from the loss")
-    axes.set_ylabel("batch-mean ||dL/dh_t||")
-    axes.set_title(title or "gradient flow through time")
-    axes.grid(True, which="major", alpha=0.3)
-    axes.legend(fontsize=8)
+    _steps_back_axes(axes, title or "gradient flow through time")
     figure.tight_layout()
     return figure
+
+
+def _steps_back_axes(axes, title: str) -> None:
+    """The axes of a gradient-norm profile: log norm against steps back from the loss."""
+    axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("steps back from the loss")
+    axes.set_ylabel("batch-mean ||dL/dh_t||")
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(fontsize=8)
 
 
 def save_figure(figure, path: str | Path) -> Path:
@@ -161,13 +167,7 @@ def flow_slices_figure(probes: list[dict], *, title: str = ""):
             shown = np.where(np.isfinite(row) & (row > 0), row, np.nan)
             ax.plot(range(len(shown)), shown, color=colour, linestyle=styles[k % len(styles)],
                     label=f"{name}, step {steps[pick]}")
-    ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("steps back from the loss")
-    ax.set_ylabel("batch-mean ||dL/dh_t||")
-    ax.set_title(title or "gradient flow at the first, middle and last probe")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    _steps_back_axes(ax, title or "gradient flow at the first, middle and last probe")
     figure.tight_layout()
     return figure
 
