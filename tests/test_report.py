@@ -330,8 +330,6 @@ def test_a_study_of_variants_gets_one_row_per_configuration_not_a_sparse_table()
 
 
 def test_a_metrics_file_cut_short_by_a_kill_is_read_up_to_the_cut(tmp_path):
-
-
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 1}\n\n{"kind": "train", "step": 2}\n'
                     '{"kind": "train", "st', encoding="utf-8")
