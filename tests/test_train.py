@@ -244,13 +244,35 @@ def test_run_directory_is_a_tensorboard_log(tmp_path):
 
     config = tiny(tmp_path, probe={"every": 2, "histograms": True})
     rnnscope.train(config)
-    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0}).Reload()
+    everything = {"images": 0, "histograms": 0}  # 0: keep every event, not a sample
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance=everything).Reload()
     tags = events.Tags()
     assert {"train/loss", "train/grad_norm", "train/lr", "train/clip_rate", "valid/mse",
             "flow/reach"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
-    assert "flow/profile" in tags["images"]
+    assert {"flow/profile", "flow/heatmap"} <= set(tags["images"])
+    heatmaps = events.Images("flow/heatmap")
+    assert [image.step for image in heatmaps] == [3, 6]  # on the eval schedule
+    assert heatmaps[-1].encoded_image_string.startswith(b"\x89PNG")
+    assert heatmaps[-1].width > 300 and heatmaps[-1].height > 200
     assert "grad/rnn.weight_hh_l0" in tags["histograms"]
+    histogram = events.Histograms("grad/rnn.weight_hh_l0")
+    assert [event.step for event in histogram] == [1, 2, 4, 6]  # the probe schedule
+    weight_hh = torch.load(tmp_path / "run" / "checkpoints" / "last.pt",
+                           weights_only=True)["model"]["rnn.weight_hh_l0"]
+    assert histogram[-1].histogram_value.num == weight_hh.numel()
+
+
+def test_tensorboard_heatmap_of_a_resumed_run_keeps_the_earlier_probes(tmp_path):
+    from rnnscope.runlog import TensorBoardLog
+
+    rnnscope.train(tiny(tmp_path, probe={"every": 2}))
+    board = TensorBoardLog(tmp_path / "run", purge_step=5)  # as --resume from step 4
+    try:
+        assert [probe["step"] for probe in board.probes] == [1, 2, 4]
+        assert board.probes[0]["flow"]["layers"] == ["rnn.l0"]
+    finally:
+        board.close()
 
 
 def test_public_names():

@@ -8,6 +8,7 @@ a half-written file that a reader or `--resume` could trust.
                            carry the gradient flow through time on the probe schedule
       summary.json         the result (status, steps, metric, diagnosis, ...), at the end
       events.out.tfevents.*  TensorBoard: scalars, gradient histograms, the flow profile
+                           and heat map images
       checkpoints/last.pt  model, optimiser, schedule, RNG and guard state (resume)
       checkpoints/best.pt  the weights with the best held-out metric so far
 
@@ -170,12 +171,21 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: slow
 
         self.writer = SummaryWriter(log_dir=str(path), purge_step=purge_step)
+        # The probes so far, as metrics.jsonl has them, for the heat map; a resumed run
+        # starts from the lines before the step it continues from.
+        self.probes: list[dict] = [] if purge_step is None else [
+            {"step": line["step"], "flow": line["flow"]}
+            for line in read_records(Path(path) / METRICS) or []
+            if line.get("kind") == "train" and "flow" in line and line["step"] < purge_step]
 
     def after_step(self, state) -> None:
         step, scalars = state.step, state.scalars()
         for key, value in scalars.items():
             if value is not None:
                 self.writer.add_scalar(f"train/{key}", value, step)
+        if state.flow is not None:
+            self.probes.append({"step": step, "flow": {
+                "layers": state.flow.layers, "norms": state.flow.norms.tolist()}})
         if state.flow is not None and state.diagnosis is not None:
             self.writer.add_scalar("flow/reach", state.diagnosis.reach, step)
             self.writer.add_scalar("flow/rate", state.diagnosis.rate, step)
@@ -189,9 +199,13 @@ class TensorBoardLog:
                                evaluation.step)
 
     def add_flow_image(self, flow, step: int, title: str) -> None:
-        from rnnscope.report.plots import flow_profile_figure
+        """The latest flow profile and the heat map of every probe so far, as images."""
+        from rnnscope.report.plots import flow_heatmap_figure, flow_profile_figure
 
         self.writer.add_figure("flow/profile", flow_profile_figure(flow, title=title), step)
+        if self.probes:
+            self.writer.add_figure("flow/heatmap", flow_heatmap_figure(
+                self.probes, title=title.split(",")[0]), step)
 
     def close(self) -> None:
         self.writer.close()
