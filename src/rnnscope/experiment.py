@@ -10,7 +10,7 @@ component, composed here; loaded from YAML and overridden from the command line.
     bptt      bptt.BPTTConfig        window (truncated BPTT; none = full)
     probe     probes.ProbeConfig     every (gradient-flow recording schedule), histograms
     guard     guard.GuardConfig      policy (raise/skip/rollback), limit, factor
-    run       RunConfig (below)      steps, batch, seed, name, out, schedules, device
+    run       RunConfig (below)      steps, batch, seed, name, out, schedules, device, dtype
 
 A section may be written as one string where it has a natural spec: `task: adding`,
 `init: chrono:300`, `clip: norm:1.0`, `guard: rollback`.
@@ -35,12 +35,14 @@ from rnnscope.probes import ProbeConfig
 from rnnscope.tasks import TaskConfig
 
 DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "float64")  # of the weights and the data
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """The `run` section: length, batch, seed, where results go, and the schedules of
-    evaluation and checkpoints (in optimiser steps; 0 = only at the end)."""
+    evaluation and checkpoints (in optimiser steps; 0 = only at the end). Under torchrun
+    `batch` is the global batch, split evenly across the processes."""
 
     steps: int = 1000
     batch: int = 64
@@ -53,6 +55,7 @@ class RunConfig:
     early_stop: bool = True  # stop once the held-out metric is below the task's threshold
     flush_denormal: bool = True  # subnormals make CPU steps up to 10x slower (DESIGN.md)
     device: str = "cpu"  # auto: cuda when available
+    dtype: str = "float32"  # float64: for reference comparisons (slower)
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -63,6 +66,7 @@ class RunConfig:
         integer("run.eval_batches", self.eval_batches, 1)
         integer("run.checkpoint_every", self.checkpoint_every, 0)
         choice("run.device", self.device, DEVICES)
+        choice("run.dtype", self.dtype, DTYPES)
         for key in ("name", "out"):
             if getattr(self, key) == "":
                 raise ValueError(f"run.{key}: must not be empty")

@@ -7,6 +7,9 @@ evaluation, a diagnosis of the trained model and `summary.json`. With
 `resume=True` it continues a run from `checkpoints/last.pt` (from the start if
 it stopped before its first checkpoint) and ends with the same weights as an
 uninterrupted run.
+
+Under torchrun every rank calls `train`: all of them train (integrations/distributed.py),
+and only rank 0 writes the run directory, logs, checkpoints and the progress bar.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from rnnscope.diagnosis import Diagnosis
 from rnnscope.experiment import ExperimentConfig
 from rnnscope.guard import TrainingDiverged
+from rnnscope.integrations import distributed
 from rnnscope.numerics import flush_denormal
 from rnnscope.progress import ProgressBar, wanted
 from rnnscope.runlog import MetricsLog, RunDirectory, TensorBoardLog
@@ -66,23 +70,80 @@ def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
     `resume=True` continues the run in `config.run_dir` with the config saved there
     (only `run.quiet` is taken from `config`). Bad input raises ValueError before
     anything is written; KeyboardInterrupt is re-raised after the summary is saved.
+    Under torchrun (WORLD_SIZE > 1) this starts the process group and ends it.
     """
     started = time.perf_counter()
+    path = config.run_dir
     if resume:
-        run = RunDirectory.existing(config.run_dir)
-        saved = ExperimentConfig.from_yaml(run.config_path)
-        trainer = Trainer(saved.with_overrides({"run": {"quiet": config.run.quiet}}))
-        checkpoint = run.load_checkpoint("last")  # None: stopped before the first one
-        if checkpoint is not None:
-            _load(trainer, checkpoint, run)
-        run.cut_metrics(trainer.step)
-        if checkpoint is not None and checkpoint.get("status") in DONE:
-            return _finish(trainer, run, checkpoint["status"], "", started)
-    else:
-        trainer = Trainer(config)  # builds the task, model and optimiser: may raise
-        run = RunDirectory.create(config.run_dir, config.to_dict())
-    config = trainer.config
+        saved = ExperimentConfig.from_yaml(RunDirectory.existing(path).config_path)
+        config = saved.with_overrides({"run": {"quiet": config.run.quiet}})
+    group = distributed.from_env(config.run.device)
+    try:
+        return _train(config, path, resume, group, started)
+    finally:
+        group.close()
 
+
+def _train(config: ExperimentConfig, path: Path, resume: bool,
+           group: distributed.SingleProcess, started: float) -> RunResult:
+    run, checkpoint, error = None, None, None
+    try:
+        trainer = Trainer(config, group)  # builds the task, model and optimiser: may raise
+        if resume:
+            run = RunDirectory.existing(path)
+            checkpoint = run.load_checkpoint("last")  # None: stopped before the first one
+            if checkpoint is not None:
+                _load(trainer, checkpoint, run)
+            if group.is_main:
+                run.cut_metrics(trainer.step)
+        elif group.is_main:
+            run = RunDirectory.create(path, config.to_dict())
+    except (ValueError, TypeError, OSError) as failure:
+        error = failure
+    group.agree(error)  # every rank goes on, or every rank stops here
+    if checkpoint is not None and checkpoint.get("status") in DONE:
+        return _finish(trainer, run, checkpoint["status"], "", started)
+
+    metrics, board, bar = _attach(trainer, run, resume) if group.is_main else (None,) * 3
+    flushing = config.run.flush_denormal
+    if flushing:
+        flush_denormal(True)
+    status, message = "interrupted", ""
+    try:
+        try:
+            if bar is not None:
+                bar.__enter__()
+            status = trainer.fit()
+        except TrainingDiverged as error:
+            status, message = "diverged", str(error)
+            if error.state is not None and metrics is not None:
+                metrics.after_step(error.state)  # the step the guard gave up on
+        except (ValueError, RuntimeError) as error:  # e.g. a data file that runs short
+            status, message = "failed", f"step {trainer.step + 1}: {error}"
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        if status in DONE and group.is_main:
+            run.save_checkpoint("last", {**trainer.state_dict(), "status": status})
+        return _finish(trainer, run, status, message, started)
+    except KeyboardInterrupt:
+        if group.is_main:
+            run.write_summary({"status": "interrupted", "steps": trainer.step,
+                               "run_dir": str(run.path), "name": config.run_name,
+                               "message": "interrupted; continue with --resume"})
+        raise
+    finally:
+        if board is not None:
+            board.close()
+        if run is not None:
+            run.close()
+        if flushing:
+            flush_denormal(False)
+
+
+def _attach(trainer: Trainer, run: RunDirectory, resume: bool):
+    """The listeners that write: metrics, TensorBoard, checkpoints, the progress bar."""
+    config = trainer.config
     metrics = MetricsLog(run)
     board = TensorBoardLog(run.path, purge_step=trainer.step + 1 if resume else None)
     for listener in (metrics, board):
@@ -110,38 +171,7 @@ def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
     if bar is not None:
         trainer.on("after_step", bar.after_step)
         trainer.on("on_eval", bar.on_eval)
-
-    flushing = config.run.flush_denormal
-    if flushing:
-        flush_denormal(True)
-    status, message = "interrupted", ""
-    try:
-        try:
-            if bar is not None:
-                bar.__enter__()
-            status = trainer.fit()
-        except TrainingDiverged as error:
-            status, message = "diverged", str(error)
-            if error.state is not None:
-                metrics.after_step(error.state)  # the step the guard gave up on
-        except (ValueError, RuntimeError) as error:  # e.g. a data file that runs short
-            status, message = "failed", f"step {trainer.step + 1}: {error}"
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
-        if status in DONE:
-            run.save_checkpoint("last", {**trainer.state_dict(), "status": status})
-        return _finish(trainer, run, status, message, started)
-    except KeyboardInterrupt:
-        run.write_summary({"status": "interrupted", "steps": trainer.step,
-                           "run_dir": str(run.path), "name": config.run_name,
-                           "message": "interrupted; continue with --resume"})
-        raise
-    finally:
-        board.close()
-        run.close()
-        if flushing:
-            flush_denormal(False)
+    return metrics, board, bar
 
 
 def _load(trainer: Trainer, checkpoint: dict, run: RunDirectory) -> None:
@@ -153,11 +183,20 @@ def _load(trainer: Trainer, checkpoint: dict, run: RunDirectory) -> None:
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None
 
 
-def _finish(trainer: Trainer, run: RunDirectory, status: str, message: str,
+def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: str,
             started: float) -> RunResult:
     evaluation = trainer.evaluation
+    if not trainer.dist.is_main:  # rank 0 evaluates, diagnoses and reports for all
+        return RunResult(
+            status=status, steps=trainer.step, final_loss=math.nan,
+            metric_name=trainer.task.metric_name,
+            metric=evaluation.metric if evaluation else math.nan,
+            baseline=trainer.task.baseline, solved=bool(evaluation and evaluation.solved),
+            diagnosis=None, run_dir=run.path if run is not None else trainer.config.run_dir,
+            seconds=time.perf_counter() - started, message=message)
     if evaluation is None or evaluation.step != trainer.step:
-        evaluation = trainer.evaluate()
+        # Alone: after a failure the other ranks may be gone.
+        evaluation = trainer.evaluate(shared=False)
     diagnosis = trainer.final_diagnosis()
     records = [r for r in run.read_metrics() if r["kind"] == "train"]
     final_loss = records[-1].get("loss") if records else None

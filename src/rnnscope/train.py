@@ -12,6 +12,9 @@ its events (minGPT's trainer "has nothing to do with GPT"):
 
 `train(config)` wires the run directory, TensorBoard, the progress bar and
 checkpoints to these events; `Trainer` alone is the bare loop for library use.
+Under torchrun the trainer is given a `ProcessGroup` (integrations/distributed.py):
+each rank trains on its rows of the global batch, and gradients, loss and gradient
+flow are reduced across ranks before anything reads them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from rnnscope.diagnosis import Diagnosis, diagnose
 from rnnscope.dynamics import lyapunov
 from rnnscope.experiment import ExperimentConfig
 from rnnscope.guard import Guard, TrainingDiverged
+from rnnscope.integrations.distributed import LOCAL, SingleProcess
 from rnnscope.optim import LRSchedule, build_optimizer
 from rnnscope.probes import grad_norms
 from rnnscope.recording import GradientFlow, record
@@ -77,18 +81,26 @@ class Evaluation:
 
 
 class Trainer:
-    """Builds everything from an `ExperimentConfig` and runs the loop (`fit`)."""
+    """Builds everything from an `ExperimentConfig` and runs the loop (`fit`).
+    `distributed` is this process's share of a data-parallel job (default: the only one)."""
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, distributed: SingleProcess = LOCAL) -> None:
         self.config = config
-        self.device = _device(config.run.device)
+        self.dist = distributed
+        if config.run.batch % distributed.world_size:
+            raise ValueError(f"run.batch: {config.run.batch} does not split evenly across "
+                             f"{distributed.world_size} processes; run.batch is the global "
+                             f"batch, use a multiple of {distributed.world_size}")
+        self.device = distributed.place(_device(config.run.device))
+        self.dtype = getattr(torch, config.run.dtype)
         torch.manual_seed(config.run.seed)  # initial weights and dropout masks
         self.task = config.task.build()
         for split in ("train", "valid"):  # a data set too small for the batch fails here,
             self.task.batch(config.run.batch, torch.Generator().manual_seed(0), split)
         self.model = config.model.build(self.task.input_size, self.task.output_size)
         config.init.apply(self.model)
-        self.model.to(self.device)
+        self.model.to(self.device, self.dtype)
+        distributed.fork_rng(config.run.seed)  # dropout masks differ between ranks
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.schedule = LRSchedule(config.schedule, config.optim.lr, config.run.steps)
         self.clipper = Clipper(config.clip)
@@ -133,8 +145,10 @@ class Trainer:
     def train_step(self) -> StepState:
         config, step = self.config, self.step + 1
         state = StepState(step, lr=self.schedule.apply(self.optimizer, self.step))
-        inputs, targets = self.task.batch(config.run.batch, self.data, "train")
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        # Every rank draws the same global batch and keeps its own rows of it.
+        inputs, targets = self._placed(*self.dist.shard(
+            *self.task.batch(config.run.batch, self.data, "train"),
+            time_major_targets=self.task.scored_steps == "every"))
         steps = inputs.shape[0]
         probing = config.probe.due(step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -143,14 +157,17 @@ class Trainer:
         # each window's share of the loss is backpropagated as soon as it is known and
         # the state is detached at the cut, so no gradient crosses a window boundary.
         # One window (the default) is full BPTT. On the probe schedule every window
-        # is recorded, which yields dL/dh_t for every layer and step.
+        # is recorded, which yields dL/dh_t for every layer and step. With N ranks each
+        # backpropagates its share of the global loss (its mean over its rows, / N).
         result = truncated_bptt(
             self.model, inputs,
-            lambda output, start, stop: self.task.window_loss(output, targets, start, stop,
-                                                              steps),
+            lambda output, start, stop: self.dist.share(
+                self.task.window_loss(output, targets, start, stop, steps)),
             window=config.bptt.window, record_flow=probing)
+        # The ranks' gradients and losses add up to the global batch's (one process: as is).
+        batch_loss = self.dist.reduce_gradients(self.model.parameters(), result.loss)
         if probing and any(flow is not None for flow in result.flows):
-            state.flow = join_flows(result.flows, result.windows)
+            state.flow = self.dist.reduce_flow(join_flows(result.flows, result.windows))
             state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.current())
         if probing:
             norms = grad_norms(self.model)  # before clipping, per parameter
@@ -164,7 +181,7 @@ class Trainer:
         # Clip after the backward pass and before the update (nanoGPT's order), then read
         # every number of this step in one host sync.
         clip = state.clip = self.clipper(self.model.parameters())
-        numbers = torch.stack([result.loss.detach(), clip.norm_before, clip.norm_after,
+        numbers = torch.stack([batch_loss.detach(), clip.norm_before, clip.norm_after,
                                clip.clipped, clip.nonfinite]).double()
         loss, before, after, clipped, nonfinite = numbers.tolist()
         state.loss, state.grad_norm, state.grad_norm_clipped = loss, before, after
@@ -180,23 +197,25 @@ class Trainer:
         return state
 
     @torch.no_grad()
-    def evaluate(self) -> Evaluation:
+    def evaluate(self, *, shared: bool = True) -> Evaluation:
         """Mean loss and metric over `run.eval_batches` held-out batches (the same ones at
-        every evaluation)."""
+        every evaluation). `shared=False`: this rank alone, without agreeing with the
+        others (the end-of-run report, which rank 0 writes)."""
         run = self.config.run
         generator = torch.Generator().manual_seed(run.seed + EVAL_SEED)
         self.model.eval()
         losses, metrics = [], []
         try:
             for _ in range(run.eval_batches):
-                inputs, targets = self.task.batch(run.batch, generator, "valid")
-                inputs, targets = inputs.to(self.device), targets.to(self.device)
+                inputs, targets = self._placed(*self.task.batch(run.batch, generator, "valid"))
                 output, _ = self.model(inputs)
                 losses.append(self.task.loss(output, targets).double())
                 metrics.append(self.task.metric(output, targets).double())
         finally:
             self.model.train()
         loss, metric = torch.stack(losses).mean().item(), torch.stack(metrics).mean().item()
+        if shared:  # every rank evaluated the same batches; rank 0's numbers make one
+            loss, metric = self.dist.broadcast([loss, metric])  # early-stop decision for all
         self.evaluation = Evaluation(self.step, loss, metric, self.task.metric_name,
                                      self.task.solved(metric))
         self.schedule.observe(metric)
@@ -208,8 +227,7 @@ class Trainer:
         the model evidence (W_hh spectral radius, Lyapunov exponent) as well."""
         run = self.config.run
         generator = torch.Generator().manual_seed(run.seed + DIAGNOSIS_SEED)
-        inputs, targets = self.task.batch(run.batch, generator, "valid")
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        inputs, targets = self._placed(*self.task.batch(run.batch, generator, "valid"))
         self.optimizer.zero_grad(set_to_none=True)
         with record(self.model) as recorder:
             output, _ = self.model(inputs)
@@ -225,13 +243,19 @@ class Trainer:
         alive, and how fast the others forget."""
         run = self.config.run
         generator = torch.Generator().manual_seed(run.seed + DIAGNOSIS_SEED)
-        inputs, _ = self.task.batch(min(run.batch, LYAPUNOV_SAMPLES), generator, "valid")
+        inputs, _ = self._placed(*self.task.batch(min(run.batch, LYAPUNOV_SAMPLES), generator,
+                                                  "valid"))
         recurrent = self.model.rnn
         state = recurrent.hidden_size * (2 if self.config.model.cell == "lstm" else 1)
         # Step Jacobians cost T x B x S^2 numbers: bound them as diagnose does.
         steps = max(1, min(inputs.shape[0], LYAPUNOV_BUDGET // (inputs.shape[1] * state ** 2)))
-        exponents = lyapunov(recurrent, inputs[:steps].to(self.device), k=min(k, state))
+        exponents = lyapunov(recurrent, inputs[:steps], k=min(k, state))
         return exponents.tolist()  # -inf: a dead ReLU unit; the summary stores null
+
+    def _placed(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """A batch on the run's device, its real values in the run's dtype (run.dtype)."""
+        return tuple(t.to(self.device, self.dtype) if t.is_floating_point() else
+                     t.to(self.device) for t in tensors)
 
     def current(self) -> dict[str, str]:
         """The settings in force, as the CLI flags that diagnosis fixes are written in."""
@@ -275,7 +299,8 @@ class Trainer:
         self.guard.load_state_dict(state["guard"])
         self.evaluation = Evaluation(**state["evaluation"]) if state["evaluation"] else None
         self.data.set_state(state["rng"]["data"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"])  # rank 0's
+        self.dist.fork_rng(self.config.run.seed + self.step)
         if self.device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 

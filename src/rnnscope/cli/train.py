@@ -30,6 +30,9 @@ examples:
   # continue a killed run from its last checkpoint (same final weights)
   rnnscope train --resume --out runs/lstm-chrono
 
+  # data parallel on 2 processes (gloo on CPU, nccl on GPU); --batch is the global batch
+  torchrun --nproc_per_node 2 -m rnnscope train --batch 64 --out runs/ddp
+
 Writes config.yaml, metrics.jsonl, summary.json, TensorBoard events and checkpoints/
 under --out (default runs/<task>-<cell>-<init>). Exit codes: 0 done, 1 training
 failed (the NaN guard gave up), 2 bad input, 130 interrupted (resume with --resume).
@@ -97,6 +100,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rnnscope.integrations.distributed import RankFailed, rank_from_env
     from rnnscope.runner import train  # imports torch and tensorboard: after parsing
 
     if args.resume:
@@ -113,21 +117,24 @@ def run(args: argparse.Namespace) -> int:
         config = ExperimentConfig().with_overrides({"run": {"out": args.out}})
     else:
         config = build_config(args)
+    main = rank_from_env() == 0  # under torchrun rank 0 speaks for all ranks
     try:
         result = train(config, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"rnnscope: interrupted; continue with: rnnscope train --resume --out "
-              f"{config.run_dir}", file=sys.stderr)
+        if main:
+            print(f"rnnscope: interrupted; continue with: rnnscope train --resume --out "
+                  f"{config.run_dir}", file=sys.stderr)
         return 130
-    summary = result.to_dict()
-    if args.json:
-        print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
-    else:
+    except RankFailed:
+        return EXIT_BAD_INPUT  # the rank that failed has said why
+    failed = result.status == "diverged"
+    if main and args.json:
+        print(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False))
+    elif main:
         _print_summary(result)
-    if result.status == "diverged":
+    if main and failed:
         print(f"rnnscope: training failed: {result.message}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _print_summary(result) -> None:
