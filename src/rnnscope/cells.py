@@ -26,8 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.fused import lstm_sequence
-
 State = tuple[Tensor, ...]  # (h,) for Elman and GRU cells, (h, c) for LSTM
 # step(gi, state, w_hh_t, b_hh) -> new state. gi = W_ih x_t + b_ih (+ b_hh where the
 # cell folds it in), 2-D [rows, gates * H]; w_hh_t is W_hh transposed, [H, gates * H].
@@ -283,9 +281,7 @@ def _copy(module: nn.Module, build: Callable[..., nn.Module]) -> nn.Module:
 
 
 # tap(layer, direction) -> observe(t, h_t) or None: called with every hidden output h_t
-# of that layer and direction as soon as it is computed (before anything uses it). An
-# observer with a `bulk(grads)` attribute may instead be given every dL/dh_t of the layer
-# at once, [T, B, H], in the backward pass (an LSTM on unpacked input: fused.py).
+# of that layer and direction as soon as it is computed (before anything uses it).
 Observer = Callable[[int, Tensor], None]
 Tap = Callable[[int, int], Observer | None]
 
@@ -378,12 +374,6 @@ def _scan(spec: CellSpec, layer_input: Tensor, state: State, weights: LayerWeigh
     if spec.folds_recurrent_bias and step_bias is not None:
         input_bias, step_bias = input_bias + step_bias, None
     projected = F.linear(layer_input, weights.weight_ih, input_bias)
-    bulk = getattr(observe, "bulk", None)
-    if bulk is not None and spec.name == "lstm" and not packed and torch.is_grad_enabled():
-        # Recording an LSTM: the whole scan as one node, which hands over every dL/dh_t
-        # at once (fused.py; about 1.4x faster than hooking each step of this loop).
-        return lstm_sequence(projected, *state, weights.weight_hh, reverse=reverse,
-                             on_grad=bulk)
     steps = projected.split(active) if packed else projected.unbind(0)
     w_hh_t = weights.weight_hh.t()
     batch = active[0]

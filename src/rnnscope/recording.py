@@ -80,11 +80,6 @@ class _Capture:
             if h.requires_grad:
                 h.register_hook(lambda grad: self._store(steps, t, grad))
 
-        def bulk(grads: Tensor) -> None:  # every step's dL/dh_t at once, [T, B, H]
-            for t, grad in enumerate(grads.detach().unbind(0)):
-                self._store(steps, t, grad)
-
-        observe.bulk = bulk
         return observe
 
     def _store(self, steps: dict[int, Tensor], t: int, grad: Tensor) -> None:
