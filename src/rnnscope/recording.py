@@ -111,6 +111,9 @@ class _Capture:
         device = like.device if like is not None else self.input.device if isinstance(
             self.input, Tensor) else self.input.data.device
         dtype = like.dtype if like is not None else torch.float32
+        if self.batch_sizes is None and len(steps) == count:  # every step, every row
+            grads = torch.stack([steps[t].reshape(batch, hidden) for t in range(count)])
+            return grads, torch.ones(count, batch, dtype=torch.bool, device=device)
         grads = torch.zeros(count, batch, hidden, dtype=dtype, device=device)
         live = torch.zeros(count, batch, dtype=torch.bool, device=device)
         for t, rows in enumerate(sizes):
@@ -222,11 +225,13 @@ def _assemble(captures: list[_Capture]) -> GradientFlow:
             names.append(name)
             reverse.append(is_reverse)
             per_row = torch.linalg.vector_norm(grads.double(), dim=-1)  # [T, B]
-            per_row = per_row.masked_fill(~live, float("nan"))
+            everywhere = bool(live.all())
+            if not everywhere:
+                per_row = per_row.masked_fill(~live, float("nan"))
             norms.append(per_row.nanmean(dim=1).cpu())
             if capture.per_sample:
                 samples.append(per_row.cpu())
-            values = grads[live]
+            values = grads.reshape(-1) if everywhere else grads[live]
             nonfinite += int((~torch.isfinite(values)).sum())
             count = int(subnormal_count(values))
             subnormal += count
