@@ -157,11 +157,15 @@ def _worker(rank: int, world: int, port: int, out: str, resume_dir: str) -> None
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")  # a caller's own group: rnnscope uses it, leaves it open
+    # A caller's own group (rnnscope uses it and leaves it open), met through a file
+    # rather than a port, which another process could take between probe and bind.
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'rendezvous')}",
+                            rank=rank, world_size=world)
     try:
         torch.save(_scenarios(ProcessGroup("cpu")), os.path.join(out, f"rank{rank}.pt"))
         torch.save(_resume_and_cli(resume_dir), os.path.join(out, f"cli{rank}.pt"))
     finally:
+        dist.barrier()  # neither rank tears the group down while the other still uses it
         dist.destroy_process_group()
 
 
@@ -202,7 +206,7 @@ def _scenarios(group: ProcessGroup) -> dict:
     if rank == 1:
         with torch.no_grad():
             trainer.model.head.bias[0] += 1.0  # a shift of every logit would change nothing
-    results["evaluation"] = trainer.evaluate().loss
+    results["evaluation"] = trainer.evaluate(shared=True).loss
     results["evaluation_alone"] = trainer.evaluate(shared=False).loss
 
     # Dropout: rank 0 keeps one process's stream, rank 1 draws its own masks.

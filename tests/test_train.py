@@ -309,3 +309,18 @@ def test_native_engine_records_the_flow_on_the_probe_schedule():
     torch.testing.assert_close(b.flow.norms, a.flow.norms, rtol=1e-5, atol=1e-9)
     assert native.train_step().flow is not None  # step 2
     assert native.train_step().flow is None  # step 3: not on the schedule, fused kernels
+
+
+def test_tensorboard_heatmap_keeps_at_most_its_rows_evenly_spaced(tmp_path):
+    from rnnscope.runlog import HEATMAP_ROWS, TensorBoardLog
+
+    board = TensorBoardLog(tmp_path)
+    try:
+        for step in range(1, 1001):
+            board._keep_probe({"step": step, "flow": {"layers": ["rnn.l0"], "norms": [[1.0]]}})
+        steps = [probe["step"] for probe in board.probes]
+        assert len(steps) <= HEATMAP_ROWS and steps[0] == 1
+        assert len({b - a for a, b in zip(steps[:-1], steps[1:], strict=True)}) == 1
+        assert steps[-1] > 1000 - (steps[1] - steps[0])  # reaches the latest probes
+    finally:
+        board.close()

@@ -36,6 +36,7 @@ from rnnscope.files import atomic_target, json_safe, write_json
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 CHECKPOINTS = "checkpoints"
+HEATMAP_ROWS = 256  # probes drawn in TensorBoard's heat map, at most
 # A study directory: the study file as given, the store, one run directory per run.
 STUDY_FILE, STUDY_DB, STUDY_RUNS = "study.yaml", "study.db", "runs"
 
@@ -177,6 +178,20 @@ class TensorBoardLog:
             {"step": line["step"], "flow": line["flow"]}
             for line in read_records(Path(path) / METRICS) or []
             if line.get("kind") == "train" and "flow" in line and line["step"] < purge_step]
+        self._seen, self._stride = 0, 1
+        earlier, self.probes = self.probes, []
+        for probe in earlier:
+            self._keep_probe(probe)
+
+    def _keep_probe(self, probe: dict) -> None:
+        """At most HEATMAP_ROWS probes, evenly spaced: past that, every other one goes
+        and only every `stride`-th new one is kept, so a long run's heat map costs the
+        same to draw at every evaluation."""
+        if self._seen % self._stride == 0:
+            self.probes.append(probe)
+            if len(self.probes) > HEATMAP_ROWS:
+                self.probes, self._stride = self.probes[::2], self._stride * 2
+        self._seen += 1
 
     def after_step(self, state) -> None:
         step, scalars = state.step, state.scalars()
@@ -184,7 +199,7 @@ class TensorBoardLog:
             if value is not None:
                 self.writer.add_scalar(f"train/{key}", value, step)
         if state.flow is not None:
-            self.probes.append({"step": step, "flow": {
+            self._keep_probe({"step": step, "flow": {
                 "layers": state.flow.layers, "norms": state.flow.norms.tolist()}})
         if state.flow is not None and state.diagnosis is not None:
             self.writer.add_scalar("flow/reach", state.diagnosis.reach, step)

@@ -132,7 +132,7 @@ class Trainer:
             self.train_step()
             last = self.step == run.steps
             if last or (run.eval_every and self.step % run.eval_every == 0):
-                evaluation = self.evaluate()
+                evaluation = self.evaluate(shared=True)
                 if run.early_stop and evaluation.solved:
                     status = "solved"
             if status == "solved" or last or (
@@ -197,10 +197,11 @@ class Trainer:
         return state
 
     @torch.no_grad()
-    def evaluate(self, *, shared: bool = True) -> Evaluation:
+    def evaluate(self, *, shared: bool = False) -> Evaluation:
         """Mean loss and metric over `run.eval_batches` held-out batches (the same ones at
-        every evaluation). `shared=False`: this rank alone, without agreeing with the
-        others (the end-of-run report, which rank 0 writes)."""
+        every evaluation). By default this rank alone; `shared=True` (the loop's
+        evaluations) takes rank 0's numbers on every rank, a collective that every rank
+        must reach, so that all ranks stop early at the same step."""
         run = self.config.run
         generator = torch.Generator().manual_seed(run.seed + EVAL_SEED)
         self.model.eval()

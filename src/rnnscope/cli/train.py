@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -118,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = build_config(args)
     main = rank_from_env() == 0  # under torchrun rank 0 speaks for all ranks
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        # torchrun passes Ctrl-C on to its workers as SIGTERM (each worker has a session
+        # of its own): take it as the interrupt it is, so the run is left resumable.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = train(config, resume=args.resume)
     except KeyboardInterrupt:
@@ -134,7 +140,15 @@ def run(args: argparse.Namespace) -> int:
         _print_summary(result)
     if main and failed:
         print(f"rnnscope: training failed: {result.message}", file=sys.stderr)
+    if not main:
+        # Every rank agreed on the outcome; rank 0 still writes the summary, and torchrun
+        # stops all workers as soon as one exits non-zero, so rank 0's code speaks.
+        return EXIT_OK
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_summary(result) -> None:
