@@ -79,7 +79,11 @@ def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
         config = saved.with_overrides({"run": {"quiet": config.run.quiet}})
     group = distributed.from_env(config.run.device)
     try:
-        return _train(config, path, resume, group, started)
+        result = _train(config, path, resume, group, started)
+        # Ranks > 0 wait while rank 0 writes the summary: a rank that tore its group
+        # down (and exited) first would abort gloo's connections under the other.
+        group.barrier()
+        return result
     finally:
         group.close()
 

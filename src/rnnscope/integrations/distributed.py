@@ -90,6 +90,9 @@ class SingleProcess:
         if error is not None:
             raise error
 
+    def barrier(self) -> None:
+        """Wait for every rank (one process: nothing to wait for)."""
+
     def close(self) -> None:
         pass
 
@@ -189,6 +192,9 @@ class ProcessGroup(SingleProcess):
         if first == self.rank:
             raise error
         raise RankFailed(f"rank {first} failed to set up; see its message")
+
+    def barrier(self) -> None:
+        dist.barrier()
 
     def close(self) -> None:
         if self.owned and dist.is_initialized():
