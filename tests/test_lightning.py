@@ -8,6 +8,7 @@ import copy
 import importlib
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -169,6 +170,88 @@ def test_nonfinite_gradient_stops_training(tmp_path, stop):
     assert verdicts[2] == code and code not in verdicts[:2]
     assert callback.last_diagnosis.verdict == "nonfinite"
     assert run.global_step == (3 if stop else 6)
+
+
+class UncastTinyLSTM(TinyLSTM):
+    """TinyLSTM in float32 under CPU AMP (whose scaler still multiplies the loss), so the
+    scaled backward is exactly `scale` times the one `by_hand` records. On batch
+    `blow_up_at` the loss is multiplied by 1e36: finite, but not once scaled by 2**16."""
+
+    def __init__(self, blow_up_at: int | None = None) -> None:
+        super().__init__()
+        self.blow_up_at = blow_up_at
+
+    def loss(self, batch) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return super().loss(batch)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e36 if self.blow_up_at == len(self.seen) - 1 else loss
+
+
+def amp():
+    return [MixedPrecision("16-mixed", "cpu")]  # Trainer(precision=) swaps it for bf16 on CPU
+
+
+def flow_records_with_steps(run) -> list[tuple[int, dict[str, float]]]:
+    return [(step, metrics) for step, metrics in run.logger.records
+            if any(key.startswith("rnnscope/") for key in metrics)]
+
+
+def flow_records(run) -> list[dict[str, float]]:
+    return [metrics for _, metrics in flow_records_with_steps(run)]
+
+
+@pytest.mark.parametrize(("accumulate", "plugins"), [(1, amp), (2, list), (2, amp)],
+                         ids=["amp", "accumulate2", "accumulate2-amp"])
+def test_logged_norms_are_those_of_the_loss_training_step_returned(tmp_path, accumulate,
+                                                                   plugins):
+    # Lightning backpropagates loss * scale / accumulate_grad_batches; the callback logs
+    # what record() gives by hand for the loss itself.
+    module, callback = UncastTinyLSTM(), GradientFlowCallback(every=1)
+    run = fit(tmp_path, module, callback, max_steps=6 // accumulate,
+              accumulate_grad_batches=accumulate, plugins=plugins())
+    records = flow_records(run)
+    assert len(records) == len(module.seen) == 6
+    scaled = plugins is amp
+    for metrics, seen in zip(records, module.seen, strict=True):
+        flow = by_hand("torch", seen["weights"], seen["batch"])
+        expected = flow_metrics(diagnose(flow))
+        if scaled:
+            expected.update({"rnnscope/amp_scale": 2.0**16, "rnnscope/amp_overflow": 0.0})
+        assert metrics == pytest.approx(expected, rel=1e-12, abs=0)
+    torch.testing.assert_close(callback.last_flow.norms, flow.norms, rtol=1e-12, atol=0)
+    assert (run.precision_plugin.scaler.get_scale() == 2.0**16) if scaled else \
+        not hasattr(run.precision_plugin, "scaler")
+    assert run.global_step == 6 // accumulate
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_amp_overflow_is_logged_and_training_goes_on(tmp_path, accumulate):
+    # Batch 2's scaled loss overflows. The scaler skips that update (with accumulation,
+    # the one at batch 3, which also lowers the scale after batch 3's own finite flow).
+    module = UncastTinyLSTM(blow_up_at=2)
+    callback = GradientFlowCallback(every=1)  # stop_on_nonfinite=True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = fit(tmp_path, module, callback, max_steps=6 // accumulate,
+                  accumulate_grad_batches=accumulate, plugins=amp())
+    assert not [w for w in caught if "non-finite" in str(w.message)]
+    assert run.global_step == 6 // accumulate and len(module.seen) == 6
+    records = flow_records(run)
+    overflows = [metrics["rnnscope/amp_overflow"] for metrics in records]
+    assert overflows == ([0, 0, 1, 0, 0, 0] if accumulate == 1 else [0, 0, 1, 1, 0, 0])
+    lowered_from = 3 if accumulate == 1 else 4  # the first backward after the skipped update
+    assert [metrics["rnnscope/amp_scale"] for metrics in records] == \
+        [2.0**16] * lowered_from + [2.0**15] * (6 - lowered_from)
+    # The overflowed flow is not a verdict; a finite flow on an overflow batch is.
+    assert [set(metrics) - {"rnnscope/amp_scale", "rnnscope/amp_overflow"} == KEYS
+            for metrics in records] == [True, True, False, True, True, True]
+    assert set(records[2]) == {"rnnscope/amp_scale", "rnnscope/amp_overflow"}
+    assert VERDICTS.index("nonfinite") not in [m.get("rnnscope/verdict") for m in records]
+    assert callback.last_diagnosis.verdict != "nonfinite"
+    assert run.precision_plugin.scaler.get_scale() == 2.0**15
 
 
 def test_callback_refuses_a_module_without_recurrent_layers(tmp_path):
@@ -353,6 +436,47 @@ def test_callback_under_tbptt_records_the_last_window(tmp_path):
     torch.testing.assert_close(callback.last_flow.norms, recorder.flow.norms, rtol=1e-12,
                                atol=0)
     assert run.logger.steps_with("rnnscope/reach") == [0]
+
+
+class OverflowFirstWindow(WindowedLSTM):
+    """Float32 under CPU AMP; window 0's loss is multiplied by 1e36, so its scaled backward
+    overflows and the scaler halves its scale before windows 1 and 2. Keeps what each
+    window started from."""
+
+    def __init__(self) -> None:
+        super().__init__("window")
+        self.windows: list[tuple[dict, tuple, tuple]] = []
+
+    def training_step(self, batch, batch_idx):
+        # manual_backward runs inside training_step, and CPU autocast reaches into the
+        # backward's matmuls: without this the scaled windows overflow in float16.
+        with torch.autocast("cpu", enabled=False):
+            return super().training_step(batch, batch_idx)
+
+    def tbptt_window_step(self, chunk, state, window):
+        self.windows.append((copy.deepcopy(self.state_dict()), chunk, state))
+        loss, state = super().tbptt_window_step(chunk, state, window)
+        return (loss * 1e36 if window.index == 0 else loss), state
+
+
+def test_callback_under_tbptt_and_amp_unscales_by_the_last_windows_scale(tmp_path):
+    callback = GradientFlowCallback(every=1)
+    module = OverflowFirstWindow()
+    run = trainer(tmp_path, [callback], max_steps=-1, max_epochs=1, plugins=amp())
+    run.fit(module, DataLoader(sequences(count=4, steps=STEPS), batch_size=4))
+    assert run.precision_plugin.scaler.get_scale() == 2.0**15  # lowered once, after window 0
+    weights, (x, y), state = module.windows[-1]
+    hand = WindowedLSTM()
+    hand.load_state_dict(weights)
+    with record(hand) as recorder:
+        output, _ = hand(x, state)
+        F.mse_loss(output, y, reduction="sum").backward()
+    torch.testing.assert_close(callback.last_flow.norms, recorder.flow.norms, rtol=1e-12,
+                               atol=0)
+    (_, metrics), = flow_records_with_steps(run)
+    assert metrics["rnnscope/amp_scale"] == 2.0**15 and metrics["rnnscope/amp_overflow"] == 0
+    assert metrics["rnnscope/norm_at_loss"] == pytest.approx(
+        flow_metrics(diagnose(recorder.flow))["rnnscope/norm_at_loss"], rel=1e-12)
 
 
 def test_tbptt_step_checks_its_arguments(tmp_path):

@@ -21,7 +21,7 @@ imports this module or Lightning.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ __all__ = [
     "TBPTTResult",
     "TruncatedBPTT",
     "flow_metrics",
+    "rescaled_flow",
     "split_batch",
     "truncated_bptt_step",
 ]
@@ -88,6 +89,16 @@ def flow_metrics(diagnosis: Diagnosis, prefix: str = "rnnscope/") -> dict[str, f
     return metrics
 
 
+def rescaled_flow(flow: GradientFlow, factor: float) -> GradientFlow:
+    """`flow` with its norms multiplied by `factor`: the flow of `factor` times the loss.
+
+    Backpropagation is linear in the loss, so this is what recording that loss would
+    give (exactly, for a power of two such as an AMP scale). Verdict, reach and rate
+    are unchanged; counts and fractions of entries describe the backward that ran."""
+    per_sample = None if flow.per_sample is None else flow.per_sample * factor
+    return replace(flow, norms=flow.norms * factor, per_sample=per_sample)
+
+
 class GradientFlowCallback(Callback):
     """Record, diagnose and log the gradient flow through time every `every` batches.
 
@@ -105,6 +116,19 @@ class GradientFlowCallback(Callback):
     rate as from the recorder, without the Lyapunov exponent, which costs T*B*S^2
     numbers per record). With several backward passes per batch through different forwards
     (truncated BPTT), that is the last window: reach cannot exceed the window.
+
+    The norms are those of the loss `training_step` returned (or passed to
+    `manual_backward`), not of the loss Lightning backpropagated: they are divided
+    by the AMP gradient scaler's scale of the batch's last backward pass and, under
+    automatic optimisation, multiplied by `accumulate_grad_batches` (Lightning
+    divides the loss by it).
+
+    With an enabled gradient scaler (`precision="16-mixed"`), every recorded batch
+    also logs `<prefix>amp_scale` (the scale of that backward) and
+    `<prefix>amp_overflow`: 1.0 when the scaler lowered its scale after it or the
+    flow is non-finite. The scaler skips the optimiser step of such a batch, so it
+    is not a "nonfinite" verdict: its non-finite flow is neither logged nor kept,
+    and training goes on.
 
     Logged to every logger in `trainer.loggers` (see `flow_metrics` for the keys),
     at the same step as the module's own `self.log` values of that batch (Lightning's
@@ -128,6 +152,7 @@ class GradientFlowCallback(Callback):
         self.last_step: int | None = None
         self._recorder: Recorder | None = None
         self._step = 0
+        self._backward_scale: float | None = None
         self._warned_empty = False
 
     def due(self, batch: int) -> bool:
@@ -146,19 +171,40 @@ class GradientFlowCallback(Callback):
         # advances it after on_train_batch_end.
         self._step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped",
                              trainer.global_step)
+        self._backward_scale = None
         self._recorder = record(pl_module).__enter__()
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
+                           loss: Tensor) -> None:
+        # Lightning has just multiplied the loss by the scaler's scale; the scaler may
+        # change it at the optimiser step (truncated BPTT: between windows), so read it
+        # here, at every backward pass of a recorded batch (one host sync each).
+        scaler = _enabled_scaler(trainer)
+        if self._recorder is not None and scaler is not None:
+            self._backward_scale = float(scaler.get_scale())
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         recorder = self._close()
         if recorder is None:
             return
-        diagnosis = None
+        scaler = _enabled_scaler(trainer)
+        scale = self._backward_scale if scaler is not None else None
+        diagnosis, overflow = None, False
         if recorder.recorded:
-            flow = recorder.flow
+            # Lightning backpropagated loss * scale / accumulate_grad_batches.
+            accumulate = trainer.accumulate_grad_batches if pl_module.automatic_optimization \
+                else 1
+            flow = rescaled_flow(recorder.flow, accumulate / (scale or 1.0))
             diagnosis = diagnose(flow, current={"cell": cell_name(recorder.layers[0][1])})
-            self.last_flow, self.last_diagnosis, self.last_step = flow, diagnosis, self._step
-            metrics = flow_metrics(diagnosis, self.prefix)
+            metrics = {}
+            if scale is not None:
+                overflow = scaler.get_scale() < scale or diagnosis.verdict == "nonfinite"
+                metrics = {f"{self.prefix}amp_scale": scale,
+                           f"{self.prefix}amp_overflow": float(overflow)}
+            if not (overflow and diagnosis.verdict == "nonfinite"):
+                self.last_flow, self.last_diagnosis, self.last_step = flow, diagnosis, self._step
+                metrics.update(flow_metrics(diagnosis, self.prefix))
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=self._step)
         elif not self._warned_empty:
@@ -167,7 +213,9 @@ class GradientFlowCallback(Callback):
                            "a recorded recurrent forward; nothing was logged for it")
         if self.stop_on_nonfinite:
             # Every process takes this branch on the same batches, so the collective is safe.
-            nonfinite = diagnosis is not None and diagnosis.verdict == "nonfinite"
+            # An AMP overflow is the scaler's to handle: it skips the step and lowers its scale.
+            nonfinite = diagnosis is not None and diagnosis.verdict == "nonfinite" \
+                and not overflow
             if trainer.strategy.reduce_boolean_decision(nonfinite, all=False):
                 trainer.should_stop = True
                 rank_zero_warn(f"GradientFlowCallback: non-finite gradient through time at "
@@ -188,6 +236,12 @@ class GradientFlowCallback(Callback):
         if recorder is not None:
             recorder.__exit__(None, None, None)
         return recorder
+
+
+def _enabled_scaler(trainer: Trainer):
+    """The AMP gradient scaler of `precision="16-mixed"`, or None (none, or disabled)."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
 
 
 # ---------------------------------------------------------------------------------------
