@@ -301,9 +301,10 @@ class Trainer:
         self.evaluation = Evaluation(**state["evaluation"]) if state["evaluation"] else None
         self.data.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])  # rank 0's
-        self.dist.fork_rng(self.config.run.seed + self.step)
         if self.device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        # Last, so that ranks > 0 reseed every generator (the GPU's too) for their stream.
+        self.dist.fork_rng(self.config.run.seed + self.step)
 
 
 def _device(name: str) -> torch.device:
