@@ -514,3 +514,11 @@ def test_missing_lightning_is_a_clear_import_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "rnnscope.integrations.lightning")
     with pytest.raises(ImportError, match=r"pip install 'rnnscope\[lightning\]'"):
         importlib.import_module("rnnscope.integrations.lightning")
+
+
+def test_the_mixin_without_a_window_step_says_what_to_define():
+    class Incomplete(TruncatedBPTT, LightningModule):
+        pass
+
+    with pytest.raises(TypeError, match="define tbptt_window_step"):
+        Incomplete().training_step((torch.zeros(1, 2, 3),), 0)

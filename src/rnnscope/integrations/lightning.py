@@ -424,13 +424,13 @@ class TruncatedBPTT:
     tbptt_gradient_clip_val: float | None = None
     tbptt_gradient_clip_algorithm: str = "norm"
 
-    def tbptt_window_step(self, chunk, state, window: BPTTWindow):
-        raise NotImplementedError("TruncatedBPTT: define tbptt_window_step(chunk, state, "
-                                  "window) -> (loss or None, state)")
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        window_step = getattr(self, "tbptt_window_step", None)
+        if not callable(window_step):
+            raise TypeError("TruncatedBPTT: define tbptt_window_step(chunk, state, window) "
+                            "-> (loss or None, state) on the module")
         result = truncated_bptt_step(
-            self, batch, self.tbptt_window_step, window=self.truncated_bptt_steps,
+            self, batch, window_step, window=self.truncated_bptt_steps,
             time_dim=self.tbptt_time_dim, update=self.tbptt_update,
             gradient_clip_val=self.tbptt_gradient_clip_val,
             gradient_clip_algorithm=self.tbptt_gradient_clip_algorithm)
