@@ -32,7 +32,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers.logger import DummyLogger  # the callback logs; nothing is kept
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -69,28 +69,6 @@ class Adder(LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
-class MemoryLogger(Logger):
-    """Keeps what it is given, as a logger that writes nothing would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[tuple[int, dict]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.records.append((step, dict(metrics)))
-
-
 class BatchClock:
     """Seconds per training batch. `start` goes first in the callback list and `stop`
     last: Lightning runs every hook in list order, so the two bracket all the others."""
@@ -115,7 +93,7 @@ def fit(hidden: int, every: int | None, batches: int) -> list[float]:
     """Seconds of each batch after the warm-up, in order."""
     clock = BatchClock()
     flow = [] if every is None else [GradientFlowCallback(every=every)]
-    trainer = Trainer(accelerator="cpu", devices=1, logger=MemoryLogger(),
+    trainer = Trainer(accelerator="cpu", devices=1, logger=DummyLogger(),
                       callbacks=[clock.start, *flow, clock.stop], max_steps=WARM_UP + batches,
                       enable_progress_bar=False, enable_model_summary=False,
                       enable_checkpointing=False)

@@ -179,8 +179,10 @@ class GradientFlowCallback(Callback):
         # Lightning has just multiplied the loss by the scaler's scale; the scaler may
         # change it at the optimiser step (truncated BPTT: between windows), so read it
         # here, at every backward pass of a recorded batch (one host sync each).
+        if self._recorder is None:
+            return  # not a recorded batch: nothing to read
         scaler = _enabled_scaler(trainer)
-        if self._recorder is not None and scaler is not None:
+        if scaler is not None:
             self._backward_scale = float(scaler.get_scale())
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
