@@ -25,12 +25,12 @@ import math
 import statistics
 from pathlib import Path
 
-from rnnscope.config import read_yaml
+from rnnscope.files import read_yaml
 from rnnscope.report.data import summary_value
-from rnnscope.report.html import write_report
-from rnnscope.runlog import read_records
-from rnnscope.study import study_from_dict
-from rnnscope.workers import run_study
+from rnnscope.report.render import write_report
+from rnnscope.rundir.directory import read_records
+from rnnscope.study.spec import study_from_dict
+from rnnscope.study.workers import run_study
 
 STUDIES = Path(__file__).resolve().parent / "studies"
 

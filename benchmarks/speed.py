@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 import rnnscope
-from rnnscope.experiment import ExperimentConfig
 from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import get_task
-from rnnscope.train import Trainer
+from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.trainer import Trainer
 
 BATCH = 64
 TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}

@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rnnscope.report.html import write_report
-from rnnscope.runner import train
-from rnnscope.study import study_from_dict
-from rnnscope.workers import run_study
+from rnnscope.report.render import write_report
+from rnnscope.study.spec import study_from_dict
+from rnnscope.study.workers import run_study
+from rnnscope.training.run import train
 
 
 def study_data(seq_len: int, hidden: int, steps: int) -> dict:

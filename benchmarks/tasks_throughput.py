@@ -18,9 +18,7 @@ import argparse
 
 import torch
 
-import rnnscope.tasks.copy  # noqa: F401  (registers "copy" until tasks/__init__ imports it)
-import rnnscope.tasks.temporal_order  # noqa: F401
-from rnnscope.model import SequenceModel
+from rnnscope.models.sequence import SequenceModel
 from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import Task, get_task
 from timing import median_time  # benchmarks/timing.py: run as a script

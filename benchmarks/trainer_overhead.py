@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import rnnscope
-from rnnscope.experiment import ExperimentConfig
 from rnnscope.numerics import flush_denormal
-from rnnscope.train import Trainer
+from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.trainer import Trainer
 from speed import plain_loop  # benchmarks/speed.py: run as a script
 
 

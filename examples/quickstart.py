@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import rnnscope
-from rnnscope.init import parse_init_spec
-from rnnscope.model import SequenceModel
+from rnnscope.models.init import parse_init_spec
+from rnnscope.models.sequence import SequenceModel
 from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import get_task
 

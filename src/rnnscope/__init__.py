@@ -11,17 +11,16 @@ Public API (names other code relies on; see DESIGN.md):
 - `train(ExperimentConfig)` -> `RunResult`: the trainer with every remedy and a run directory.
 """
 
-from rnnscope.cells import CELLS, Recurrent, find_recurrent, from_torch, run_unrolled
-from rnnscope.clipping import ClipResult, clip_grad
-from rnnscope.diagnosis import Diagnosis, Fix, diagnose
-from rnnscope.dynamics import lyapunov
-from rnnscope.experiment import ExperimentConfig
-from rnnscope.init import INIT_SCHEMES, init_
-from rnnscope.recording import GradientFlow, Recorder, record
-
-# After every submodule: `rnnscope.train` is the function, not the module of the loop
-# (`rnnscope.train` the module stays importable as such).
-from rnnscope.runner import RunResult, train  # noqa: E402
+from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.dynamics import lyapunov
+from rnnscope.flow.fixes import Fix
+from rnnscope.flow.recording import GradientFlow, Recorder, record
+from rnnscope.models.cells import CELLS
+from rnnscope.models.init import INIT_SCHEMES, init_
+from rnnscope.models.recurrent import Recurrent, find_recurrent, from_torch, run_unrolled
+from rnnscope.remedies.clipping import ClipResult, clip_grad
+from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.run import RunResult, train
 
 __version__ = "0.1.0"
 

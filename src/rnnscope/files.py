@@ -1,4 +1,5 @@
-"""Writing files so that a crash or Ctrl-C never leaves a half-written one behind."""
+"""Writing files so that a crash or Ctrl-C never leaves a half-written one behind, and
+reading the YAML files users write (configs, study files) with one-line errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import yaml
 
 
 @contextmanager
@@ -43,3 +46,30 @@ def write_json(path: str | Path, data) -> Path:
     with atomic_target(path) as temporary:
         temporary.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     return Path(path)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file, or a one-line ValueError naming the file and the problem."""
+    file = Path(path)
+    if not file.is_file():
+        problem = "is a directory" if file.is_dir() else "no such file"
+        raise ValueError(f"config: {problem}: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"config: cannot read {file} ({error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ValueError(f"config: {file}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config: {file} must hold a mapping of sections, got "
+                         f"{type(data).__name__}")
+    return data
+
+
+def write_yaml(path: Path, data: dict) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from rnnscope.cli.main import EXIT_FAILED, EXIT_OK
+from rnnscope.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from rnnscope.files import json_safe
 
 EXAMPLES = """\
@@ -99,11 +99,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
-    from rnnscope.report.html import write_report  # imports torch and matplotlib
-    from rnnscope.study import study_from_dict
-    from rnnscope.workers import WorkerDied, run_study
+    from rnnscope.report.render import write_report  # imports torch and matplotlib
+    from rnnscope.study.spec import study_from_dict
+    from rnnscope.study.workers import WorkerDied, run_study
 
     started = time.perf_counter()
     data = demo_study_data(args.quick)
@@ -126,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"rnnscope: interrupted; run the same command again to finish ({directory})",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     report = write_report(directory)
     seconds = time.perf_counter() - started
     if args.json:

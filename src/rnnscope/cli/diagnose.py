@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from rnnscope.cells import CELLS
-from rnnscope.diagnosis import diagnose
+from rnnscope.cli.common import EXIT_OK
+from rnnscope.figures.flow import plot_flow_profile
 from rnnscope.files import json_safe, write_json
-from rnnscope.init import init_, parse_init_spec
-from rnnscope.model import SequenceModel
+from rnnscope.flow.diagnosis import diagnose
+from rnnscope.flow.recording import record
+from rnnscope.models.cells import CELLS
 from rnnscope.numerics import flush_denormal
-from rnnscope.recording import record
-from rnnscope.report.plots import plot_flow_profile
-from rnnscope.tasks import TASKS, get_task, task_settings
+from rnnscope.tasks import TASKS, task_settings
+from rnnscope.training.config import ExperimentConfig
 
 EXAMPLES = """\
 examples:
@@ -65,26 +65,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # Validate everything before touching --out, so bad input leaves nothing behind.
-    if args.cell not in CELLS:
-        raise ValueError(f"cell: unknown {args.cell!r}; accepted: {', '.join(CELLS)}")
-    for field in ("hidden", "layers", "batch"):
-        if getattr(args, field) < 1:
-            raise ValueError(f"{field}: must be a positive integer, got {getattr(args, field)}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"out: {args.out} exists and is not a directory")
-    task_args = dict(args.overrides.get("task", {}))
-    if args.seq_len is not None:
-        if args.task in TASKS and "seq_len" not in task_settings(args.task):
-            raise ValueError(f"seq-len: task {args.task!r} has a fixed length; it takes "
-                             f"{', '.join(task_settings(args.task)) or 'no settings'}")
-        task_args["seq_len"] = args.seq_len
-    task = get_task(args.task, **task_args)
-    seq_len = getattr(task, "seq_len", None)
-    scheme, scheme_args = parse_init_spec(args.init)
+    config = _config(args)
+    task = config.task.build()
     torch.manual_seed(args.seed)
-    model = SequenceModel(args.cell, task.input_size, args.hidden, task.output_size,
-                          num_layers=args.layers)
-    init_(model, scheme, **scheme_args)
+    model = config.model.build(task.input_size, task.output_size)
+    config.init.apply(model)
     if args.checkpoint is not None:
         _load_checkpoint(model, args.checkpoint)
 
@@ -94,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
         output, _ = model(inputs)
         loss = task.loss(output, targets)
         loss.backward()
-    result = diagnose(recorder, current={"cell": args.cell, "init": args.init})
+    result = diagnose(recorder, current=config.as_flags())
 
+    seq_len = getattr(task, "seq_len", None)
     title = f"{args.task} T={seq_len}: {args.cell}, init {args.init} -> {result.verdict}"
-    plot = plot_flow_profile(recorder.flow, args.out / "flow.png", title=title)
+    plot = plot_flow_profile(recorder.flow.to_dict(), args.out / "flow.png", title=title)
     summary = {
-        "task": args.task, "task_settings": task_args, "seq_len": seq_len,
+        "task": args.task, "task_settings": dict(config.task.settings), "seq_len": seq_len,
         "cell": args.cell, "init": args.init,
         "hidden": args.hidden, "layers": args.layers, "loss": loss.item(),
         **result.to_dict(), "plot": str(plot), "flow": recorder.flow.norms.tolist(),
@@ -110,15 +98,34 @@ def run(args: argparse.Namespace) -> int:
         summary.pop("flow")
         print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     else:
-        print(f"{args.task} T={seq_len}, {args.cell} (init {args.init}), hidden "
-              f"{args.hidden}: loss {loss.item():.4g}")
-        print(f"verdict: {result.verdict}   reach: {result.reach}/{result.steps} steps   "
-              f"rate: x{result.rate:.3g} per step")
-        print(f"  {result.summary()}")
-        for rank, fix in enumerate(result.fixes[:3], 1):
-            print(f"fix {rank}: {fix.remedy}: {fix.cli}")
-        print(f"plot: {plot}")
-    return 0
+        _print(args, seq_len, loss.item(), result, plot)
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    """The command's settings as the experiment config they are part of: each value is
+    checked there, as for `rnnscope train`."""
+    task = {"name": args.task, **args.overrides.get("task", {})}
+    if args.seq_len is not None:
+        if args.task in TASKS and "seq_len" not in task_settings(args.task):
+            raise ValueError(f"seq-len: task {args.task!r} has a fixed length; it takes "
+                             f"{', '.join(task_settings(args.task)) or 'no settings'}")
+        task["seq_len"] = args.seq_len
+    return ExperimentConfig.from_dict({
+        "task": task, "model": {"cell": args.cell, "hidden": args.hidden,
+                                "layers": args.layers},
+        "init": args.init, "run": {"batch": args.batch, "seed": args.seed}})
+
+
+def _print(args: argparse.Namespace, seq_len, loss: float, result, plot: Path) -> None:
+    print(f"{args.task} T={seq_len}, {args.cell} (init {args.init}), hidden "
+          f"{args.hidden}: loss {loss:.4g}")
+    print(f"verdict: {result.verdict}   reach: {result.reach}/{result.steps} steps   "
+          f"rate: x{result.rate:.3g} per step")
+    print(f"  {result.summary()}")
+    for rank, fix in enumerate(result.fixes[:3], 1):
+        print(f"fix {rank}: {fix.remedy}: {fix.cli}")
+    print(f"plot: {plot}")
 
 
 def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:

@@ -11,12 +11,10 @@ import importlib
 import sys
 
 from rnnscope import __version__
-from rnnscope.config import number_text
+from rnnscope.cli.common import EXIT_BAD_INPUT, EXIT_OK, parse_overrides
 
 # Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
 SUBCOMMANDS: tuple[str, ...] = ("demo", "diagnose", "report", "study", "train")
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,30 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
-def parse_overrides(arguments: list[str], sections: tuple[str, ...]) -> dict[str, dict]:
-    """`--section.key=value` arguments -> {section: {key: value}}, values typed by their
-    look: true/false, integers, floats, else strings."""
-    parsed: dict[str, dict] = {section: {} for section in sections}
-    for argument in arguments:
-        name, equals, text = argument.removeprefix("--").partition("=")
-        section, dot, key = name.partition(".")
-        if not (argument.startswith("--") and equals and dot and key):
-            raise ValueError(f"unrecognized argument {argument!r}; settings are given as "
-                             f"--section.key=value (sections: {', '.join(sections)})")
-        if section not in parsed:
-            raise ValueError(f"{name}: unknown section {section!r}; accepted: "
-                             f"{', '.join(sections)}")
-        parsed[section][key] = _typed(text)
-    return parsed
-
-
-def _typed(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    return number_text(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rnnscope.cli.main import EXIT_OK
+from rnnscope.cli.common import EXIT_OK
 
 EXAMPLES = """\
 examples:
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rnnscope.report.data import kind_of
-    from rnnscope.report.html import REPORT_FILE, render_report  # imports matplotlib
+    from rnnscope.report.render import REPORT_FILE, render_report  # imports matplotlib
 
     kind_of(args.directory)  # a run or a study directory, else a one-line ValueError
     out = args.out if args.out is not None else args.directory / REPORT_FILE

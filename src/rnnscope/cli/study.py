@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from rnnscope.cli.main import EXIT_FAILED, EXIT_OK
+from rnnscope.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from rnnscope.files import json_safe
 
 EXAMPLES = """\
@@ -58,11 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("study: give a study FILE to run, or --status DIR to show one")
     if args.status is not None:
         return _show_status(args.status, args.json)
-    if args.workers < 1:
-        raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
 
-    from rnnscope.study import load_study  # imports torch: after parsing
-    from rnnscope.workers import WorkerDied, run_study
+    from rnnscope.study.spec import load_study  # imports torch: after parsing
+    from rnnscope.study.workers import WorkerDied, run_study
 
     study = load_study(args.file)
     directory = args.out or Path("studies") / study.name
@@ -73,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(row, done: int, total: int) -> None:
         if talk:
-            from rnnscope.study import result_line
+            from rnnscope.study.spec import result_line
 
             print(f"  [{done}/{total}] {result_line(row)}", flush=True)
 
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"rnnscope: interrupted; finished runs are kept. Resume with: rnnscope study "
               f"{args.file} --workers {args.workers} --out {directory}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     errors = [row for row in rows if row.status == "error"]
     if args.json:
         print(json.dumps(json_safe(_summary(study.name, directory, rows)), indent=2,
@@ -102,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show_status(directory: Path, as_json: bool) -> int:
-    from rnnscope.study import open_store, result_line
+    from rnnscope.study.spec import open_store, result_line
 
     if not directory.is_dir():
         raise ValueError(f"--status: {directory} is not a directory; expected a study "

@@ -9,9 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
-from rnnscope.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
-from rnnscope.experiment import SECTIONS, ExperimentConfig
+from rnnscope.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from rnnscope.files import json_safe
+from rnnscope.training.config import SECTIONS, SHORTHANDS, ExperimentConfig
 
 EXAMPLES = """\
 examples:
@@ -40,14 +40,18 @@ under --out (default runs/<task>-<cell>-<init>). Exit codes: 0 done, 1 training
 failed (the NaN guard gave up), 2 bad input, 130 interrupted (resume with --resume).
 """
 
-# Shorthand flag -> (section, key).
-SHORTHANDS = {
-    "task": ("task", "name"), "seq_len": ("task", "seq_len"), "cell": ("model", "cell"),
-    "hidden": ("model", "hidden"), "layers": ("model", "layers"),
-    "engine": ("model", "engine"), "init": ("init", "scheme"), "clip": ("clip", None),
-    "guard": ("guard", "policy"), "batch": ("run", "batch"), "lr": ("optim", "lr"),
-    "steps": ("run", "steps"), "seed": ("run", "seed"), "out": ("run", "out"),
+# Help for the shorthand flags; which field each sets is training.config.SHORTHANDS.
+HELP = {
+    "task": "task name", "seq_len": "sequence length", "cell": "rnn_tanh, rnn_relu, lstm or gru",
+    "hidden": "hidden units", "layers": "stacked layers", "engine": "unrolled or native",
+    "init": "scheme[:argument], e.g. orthogonal, chrono:200",
+    "clip": "none, norm:1.0, value:0.5, param_norm:1.0, autoclip:10, agc:0.01",
+    "guard": "raise, skip or rollback", "batch": "batch size", "lr": "learning rate",
+    "steps": "optimiser steps", "seed": "seed of weights and data", "out": "run directory",
+    "window": "truncated BPTT window in steps (none: full BPTT)",
 }
+TYPES = {"seq_len": int, "hidden": int, "layers": int, "batch": int, "steps": int,
+         "seed": int, "lr": float}
 
 
 def register(subparsers) -> None:
@@ -58,21 +62,9 @@ def register(subparsers) -> None:
         "and keep everything needed to trust and reproduce the run.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="a YAML file of config sections")
-    parser.add_argument("--task", help="task name (task.name)")
-    parser.add_argument("--seq-len", type=int, help="sequence length (task.seq_len)")
-    parser.add_argument("--cell", help="rnn_tanh, rnn_relu, lstm or gru (model.cell)")
-    parser.add_argument("--hidden", type=int, help="hidden units (model.hidden)")
-    parser.add_argument("--layers", type=int, help="stacked layers (model.layers)")
-    parser.add_argument("--engine", help="unrolled or native (model.engine)")
-    parser.add_argument("--init", help="scheme[:argument], e.g. orthogonal, chrono:200")
-    parser.add_argument("--clip", help="none, norm:1.0, value:0.5, param_norm:1.0, "
-                        "autoclip:10, agc:0.01")
-    parser.add_argument("--guard", help="raise, skip or rollback (guard.policy)")
-    parser.add_argument("--batch", type=int, help="batch size (run.batch)")
-    parser.add_argument("--lr", type=float, help="learning rate (optim.lr)")
-    parser.add_argument("--steps", type=int, help="optimiser steps (run.steps)")
-    parser.add_argument("--seed", type=int, help="seed of weights and data (run.seed)")
-    parser.add_argument("--out", help="run directory (run.out)")
+    for flag, key in SHORTHANDS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=TYPES.get(flag, str),
+                            help=f"{HELP[flag]} ({key})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,14 +78,15 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     config = ExperimentConfig.from_yaml(args.config) if args.config else ExperimentConfig()
     settings = {section: dict(values) for section, values in args.overrides.items() if values}
     clip_spec = None
-    for flag, (section, key) in SHORTHANDS.items():
+    for flag, key in SHORTHANDS.items():
         value = getattr(args, flag)
         if value is None:
             continue
-        if key is None:  # --clip norm:1.0: the section from its spec, dotted keys on top
+        if key == "clip":  # --clip norm:1.0: the section from its spec, dotted keys on top
             clip_spec = value
         else:
-            settings.setdefault(section, {})[key] = value
+            section, _, field = key.partition(".")
+            settings.setdefault(section, {})[field] = value
     if args.quiet:
         settings.setdefault("run", {})["quiet"] = True
     if clip_spec is not None:
@@ -102,8 +95,8 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rnnscope.integrations.distributed import RankFailed, rank_from_env
-    from rnnscope.runner import train  # imports torch and tensorboard: after parsing
+    from rnnscope.training.distributed import RankFailed, rank_from_env
+    from rnnscope.training.run import train  # imports tensorboard: after parsing
 
     if args.resume:
         given = [f"--{flag.replace('_', '-')}" for flag in SHORTHANDS
@@ -130,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         if main:
             print(f"rnnscope: interrupted; continue with: rnnscope train --resume --out "
                   f"{config.run_dir}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except RankFailed:
         return EXIT_BAD_INPUT  # the rank that failed has said why
     failed = result.status == "diverged"

@@ -1,3 +1,2 @@
-"""Integrations with the tools users already train with (DESIGN.md's side layer):
-`rnnscope.integrations.lightning` (a Lightning 2.x callback and truncated BPTT) and
-`rnnscope.integrations.distributed` (data-parallel training under torchrun)."""
+"""Beside the layers: integrations with other frameworks (Lightning), imported only by
+users who have them installed; nothing in rnnscope imports this package."""

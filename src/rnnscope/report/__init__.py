@@ -1,1 +1,3 @@
-"""Figures and reports; they read recorded data, never the live training loop."""
+"""Layer 5, the HTML report of a run or a study: it reads only run and study directories
+(`data`), builds pages from blocks (`page`, `run_page`, `study_page`) and writes one
+self-contained file (`render`)."""

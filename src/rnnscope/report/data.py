@@ -1,29 +1,20 @@
 """Reading run and study directories into plain data for the plots and the HTML report.
 
-Nothing here draws, and nothing here needs the trainer: any run directory that
-`runlog` wrote, old, remote or killed half way, can be read. A missing or unreadable
-piece is None (or empty), and each report section says which piece it needed.
+Nothing here draws, and nothing here needs the trainer: any run directory (rundir/),
+old, remote or killed half way, can be read. A missing or unreadable piece is None (or
+empty), and each report section says which piece it needed.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from rnnscope.runlog import (
-    CONFIG,
-    METRICS,
-    STUDY_DB,
-    STUDY_FILE,
-    STUDY_RUNS,
-    SUMMARY,
-    StudyStore,
-    read_records,
-)
+from rnnscope.rundir.directory import CONFIG, METRICS, SUMMARY, read_records
+from rnnscope.study.store import STUDY_DB, STUDY_FILE, STUDY_RUNS, StudyStore
 
 
 @dataclass
@@ -50,7 +41,7 @@ class RunData:
 @dataclass
 class StudyData:
     path: Path
-    rows: list  # rnnscope.runlog.StudyRow, in the study's order
+    rows: list  # rnnscope.study.store.StudyRow, in the study's order
     runs: dict[str, RunData] = field(default_factory=dict)  # by run name, where on disk
     spec_text: str | None = None  # study.yaml as written
 
@@ -102,26 +93,6 @@ def load_study(directory: str | Path) -> StudyData:
         if run_dir.is_dir():
             study.runs[row.name] = load_run(run_dir)
     return study
-
-
-def flow_matrix(probes: list[dict], layer: int) -> tuple[list[int], list[list[float]]]:
-    """(training steps, rows of ||dL/dh|| by steps back) of one layer: column 0 is the
-    step where the loss enters (the last time step), as `GradientFlow.steps_back`.
-    null (a non-finite value in the run) reads as NaN."""
-    steps, rows = [], []
-    for probe in probes:
-        norms = probe["flow"].get("norms") or []
-        if layer >= len(norms):
-            continue
-        steps.append(int(probe.get("step", len(steps))))
-        rows.append([math.nan if value is None else float(value) for value in norms[layer]][::-1])
-    return steps, rows
-
-
-def flow_layers(probes: list[dict]) -> list[str]:
-    """Layer names of the widest probe line (every probe of a run has the same layers)."""
-    return max((list(probe["flow"].get("layers") or []) for probe in probes), key=len,
-               default=[])
 
 
 def summary_value(summary: dict | None, *keys, default=None):

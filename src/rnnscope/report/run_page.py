@@ -6,9 +6,9 @@ missing, shows a note instead of failing: a run killed early still gets a report
 
 from __future__ import annotations
 
-from rnnscope.report import plots
+from rnnscope.figures import flow, training
 from rnnscope.report.data import RunData, summary_value
-from rnnscope.report.html import Page, esc, fmt, table
+from rnnscope.report.page import Page, esc, fmt, table
 
 ALL_FIGURES = ("heatmap", "slices", "curves", "clipping", "lyapunov")
 FLOW_NEEDS = "gradient-flow lines (train lines with \"flow\") in metrics.jsonl"
@@ -109,18 +109,18 @@ def figure_sections(run: RunData, page: Page, figures: tuple[str, ...]) -> None:
     drawings = {
         "heatmap": ("Gradient flow over training: log10 ||dL/dh_t|| by steps back (x) and "
                     "training step (y)", FLOW_NEEDS, bool(probes),
-                    lambda: plots.flow_heatmap_figure(probes)),
+                    lambda: flow.flow_heatmap_figure(probes)),
         "slices": ("Gradient norm against steps back at the first, middle and last probe",
-                   FLOW_NEEDS, bool(probes), lambda: plots.flow_slices_figure(probes)),
+                   FLOW_NEEDS, bool(probes), lambda: flow.flow_slices_figure(probes)),
         "curves": ("Loss and held-out metric against chance and the solved threshold",
-                   "metrics.jsonl", bool(train or evals), lambda: plots.curves_figure(
+                   "metrics.jsonl", bool(train or evals), lambda: training.curves_figure(
                        train, evals, baseline=summary_value(summary, "baseline"),
                        threshold=summary_value(summary, "threshold"), metric_name=metric)),
         "clipping": ("Gradient norm before and after clipping, clipped steps and clip rate",
                      "train lines in metrics.jsonl", bool(train),
-                     lambda: plots.clipping_figure(train)),
+                     lambda: training.clipping_figure(train)),
         "lyapunov": ("Lyapunov spectrum of the trained model", "\"lyapunov\" in summary.json",
-                     bool(lyapunov), lambda: plots.lyapunov_figure(lyapunov)),
+                     bool(lyapunov), lambda: training.lyapunov_figure(lyapunov)),
     }
     for name in figures:
         page.figure(*drawings[name])

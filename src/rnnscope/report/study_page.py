@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rnnscope.figures.grid import study_grid, study_grid_figure
 from rnnscope.report.data import StudyData, summary_value
-from rnnscope.report.grid import study_grid, study_grid_figure
-from rnnscope.report.html import Page, esc, fmt, is_number, table
+from rnnscope.report.page import Page, esc, fmt, is_number, table
 from rnnscope.report.run_page import run_page
 
 RESULT_COLUMNS = ("status", "steps", "metric", "baseline", "solved", "verdict", "reach",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer
 from rnnscope.tasks import register_task
-from rnnscope.tasks.base import Task, check_int, check_split
+from rnnscope.tasks.base import Task
 
 
 @register_task("adding")
@@ -24,12 +25,10 @@ class AddingTask(Task):
     solved_below = 0.01
 
     def __init__(self, seq_len: int = 200) -> None:
-        self.seq_len = check_int("seq_len", seq_len, 2)
+        self.seq_len = integer("task.seq_len", seq_len, 2)
 
-    def batch(self, batch_size: int, generator: torch.Generator,
-              split: str = "train") -> tuple[Tensor, Tensor]:
-        check_split(split)  # fresh data either way: held out by construction
-        check_int("batch_size", batch_size, 1)
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
         steps, half = self.seq_len, self.seq_len // 2
         values = torch.rand(steps, batch_size, generator=generator)
         first = torch.randint(0, half, (batch_size,), generator=generator)

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rnnscope.checks import choice, integer
+
 SPLITS = ("train", "valid")
 
 
@@ -37,10 +39,19 @@ class Task(ABC):
     # "every" (the mean over all steps), so truncated BPTT can split it by window.
     scored_steps: str = "last"
 
-    @abstractmethod
     def batch(self, batch_size: int, generator: torch.Generator,
               split: str = "train") -> tuple[Tensor, Tensor]:
-        """(inputs [T, B, input_size], targets) drawn from `generator`."""
+        """(inputs [T, B, input_size], targets) of `batch_size` sequences of `split`, drawn
+        from `generator`. Synthetic tasks draw fresh data for either split: held out by
+        construction."""
+        choice("split", split, SPLITS)
+        integer("task.batch_size", batch_size, 1)
+        return self.draw(batch_size, generator, split)
+
+    @abstractmethod
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
+        """`batch`, once its arguments are checked: what each task writes."""
 
     @abstractmethod
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
@@ -64,19 +75,6 @@ class Task(ABC):
         return self.solved_below is not None and metric < self.solved_below
 
 
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split: unknown {split!r}; accepted: {', '.join(SPLITS)}")
-    return split
-
-
-def check_int(field: str, value, minimum: int) -> int:
-    """A one-line error naming `task.<field>` unless `value` is an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"task.{field}: must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def read_utf8(path: str | os.PathLike) -> tuple[Path, str]:
     """The file at `path` as text (a leading byte-order mark dropped), or a one-line ValueError."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -94,17 +92,3 @@ def read_utf8(path: str | os.PathLike) -> tuple[Path, str]:
     except UnicodeDecodeError as error:
         raise ValueError(f"{file}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
                          f"{error.start})") from None
-
-
-def check_seq_len(seq_len) -> int:
-    if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len < 2:
-        raise ValueError(f"task.seq_len: sequence length < 2 (got {seq_len}); a window needs "
-                         f"at least 2 steps")
-    return check_int("seq_len", seq_len, 2)
-
-
-def check_valid_fraction(valid_fraction) -> float:
-    if (isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float))
-            or not 0 < valid_fraction <= 0.5):
-        raise ValueError(f"task.valid_fraction: must be in (0, 0.5], got {valid_fraction!r}")
-    return float(valid_fraction)

@@ -27,8 +27,9 @@ import math
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer
 from rnnscope.tasks import register_task
-from rnnscope.tasks.base import Task, check_int, check_split
+from rnnscope.tasks.base import Task
 
 SYMBOLS = 10  # input channels: blank, 8 data symbols, delimiter
 BLANK, DELIMITER = 0, 9
@@ -45,15 +46,13 @@ class CopyTask(Task):
 
     def __init__(self, seq_len: int = 100) -> None:
         # T=1 leaves no blank between the symbols and the delimiter, the shortest gap there is.
-        self.seq_len = check_int("seq_len", seq_len, 1)
+        self.seq_len = integer("task.seq_len", seq_len, 1)
         self.baseline = COPIED * math.log(8) / (self.seq_len + 2 * COPIED)
         self.solved_below = 0.1 * self.baseline
 
-    def batch(self, batch_size: int, generator: torch.Generator,
-              split: str = "train") -> tuple[Tensor, Tensor]:
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
         """(one-hot inputs [T+20, B, 10], target classes [T+20, B] (int64))."""
-        check_split(split)  # fresh data either way: held out by construction
-        check_int("batch_size", batch_size, 1)
         gap, steps = self.seq_len, self.seq_len + 2 * COPIED
         data = torch.randint(DATA_LOW, DATA_HIGH, (COPIED, batch_size), generator=generator)
         symbols = torch.full((steps, batch_size), BLANK, dtype=torch.long)

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer
 from rnnscope.tasks import register_task
-from rnnscope.tasks.base import Task, check_int, check_split
+from rnnscope.tasks.base import Task
 
 MODES = ("pixel", "row")
 
@@ -36,7 +37,7 @@ class PixelClassification(Task):
                  permuted: bool, permutation_seed: int, classes: int) -> None:
         if mode not in MODES:
             raise ValueError(f"task.mode: unknown {mode!r}; accepted: {', '.join(MODES)}")
-        check_int("permutation_seed", permutation_seed, 0)
+        integer("task.permutation_seed", permutation_seed, 0)
         self.mode, self.permuted = mode, bool(permuted)
         height, width = images["train"].shape[1:]
         self.seq_len = height * width if mode == "pixel" else height
@@ -59,10 +60,8 @@ class PixelClassification(Task):
         steps = flat.reshape(batch, self.seq_len, self.input_size)
         return steps.transpose(0, 1).contiguous()
 
-    def batch(self, batch_size: int, generator: torch.Generator,
-              split: str = "train") -> tuple[Tensor, Tensor]:
-        check_split(split)
-        check_int("batch_size", batch_size, 1)
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
         pick = torch.randint(0, len(self.labels[split]), (batch_size,), generator=generator)
         return self.sequences(self.images[split][pick]), self.labels[split][pick]
 

@@ -31,13 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer, number
 from rnnscope.tasks import register_task
 from rnnscope.tasks.base import (
     Task,
-    check_int,
-    check_seq_len,
-    check_split,
-    check_valid_fraction,
     read_utf8,
 )
 
@@ -139,9 +136,9 @@ class SeriesTask(Task):
             raise ValueError("task.columns: give the CSV column(s) to forecast, as "
                              "--task.columns=a,b or --task.column=a (one of the two)")
         columns = column if columns is None else columns
-        self.seq_len = check_seq_len(seq_len)
-        self.horizon = check_int("horizon", horizon, 1)
-        self.valid_fraction = check_valid_fraction(valid_fraction)
+        self.seq_len = integer("task.seq_len", seq_len, 2)
+        self.horizon = integer("task.horizon", horizon, 1)
+        self.valid_fraction = number("task.valid_fraction", valid_fraction, above=0.0, maximum=0.5)
         if missing not in MISSING:
             raise ValueError(f"task.missing: unknown {missing!r}; accepted: "
                              f"{', '.join(MISSING)}")
@@ -177,11 +174,9 @@ class SeriesTask(Task):
         ahead = values[starts[:, None] + self.seq_len + torch.arange(self.horizon)]  # [W, H, C]
         return float(((ahead - last[:, None]) ** 2).mean())
 
-    def batch(self, batch_size: int, generator: torch.Generator,
-              split: str = "train") -> tuple[Tensor, Tensor]:
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
         """Windows at random starts in the split: inputs [seq_len, B, C], targets [B, H * C]."""
-        check_split(split)
-        check_int("batch_size", batch_size, 1)
         values = self.values[split]
         starts = torch.randint(0, len(values) - self.seq_len - self.horizon + 1, (batch_size,),
                                generator=generator)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer
 from rnnscope.tasks import register_task
-from rnnscope.tasks.base import Task, check_int, check_split
+from rnnscope.tasks.base import Task
 
 SYMBOLS = 6  # A, B, c, d, e, f
 RELEVANT = 2  # A and B are channels 0 and 1; the distractors are 2..5
@@ -38,13 +39,11 @@ class TemporalOrderTask(Task):
     solved_below = 0.01
 
     def __init__(self, seq_len: int = 100) -> None:
-        self.seq_len = check_int("seq_len", seq_len, 10)
+        self.seq_len = integer("task.seq_len", seq_len, 10)
 
-    def batch(self, batch_size: int, generator: torch.Generator,
-              split: str = "train") -> tuple[Tensor, Tensor]:
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
         """(one-hot inputs [L, B, 6], labels [B] (int64) in 0..3)."""
-        check_split(split)  # fresh data either way: held out by construction
-        check_int("batch_size", batch_size, 1)
         steps, width = self.seq_len, self.seq_len // 10
         symbols = torch.randint(RELEVANT, SYMBOLS, (steps, batch_size), generator=generator)
         first = width + torch.randint(0, width, (batch_size,), generator=generator)

@@ -41,13 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnscope.checks import choice, integer, number
 from rnnscope.tasks import register_task
 from rnnscope.tasks.base import (
+    SPLITS,
     Task,
-    check_int,
-    check_seq_len,
-    check_split,
-    check_valid_fraction,
     read_utf8,
 )
 
@@ -74,9 +72,9 @@ class TextTask(Task):
         if level not in LEVELS:
             raise ValueError(f"task.level: unknown {level!r}; accepted: {', '.join(LEVELS)}")
         self.level = level
-        self.seq_len = check_seq_len(seq_len)
-        self.valid_fraction = check_valid_fraction(valid_fraction)
-        self.max_vocab = check_int("max_vocab", max_vocab, 2)
+        self.seq_len = integer("task.seq_len", seq_len, 2)
+        self.valid_fraction = number("task.valid_fraction", valid_fraction, above=0.0, maximum=0.5)
+        self.max_vocab = integer("task.max_vocab", max_vocab, 2)
         self.path, text = read_utf8(path)
         if not (text if level == "char" else text.split()):
             nothing = "characters" if level == "char" else "words"
@@ -135,8 +133,8 @@ class TextTask(Task):
                     d i n     so the hidden state of column b carries over
                     e j ..    from one window to the next.
         """
-        check_split(split)
-        check_int("batch_size", batch_size, 1)
+        choice("split", split, SPLITS)
+        integer("task.batch_size", batch_size, 1)
         stream = self.tokens[split]
         rows = len(stream) // batch_size
         if rows < 2:
@@ -157,8 +155,8 @@ class TextTask(Task):
             yield (self.one_hot(columns[start : start + steps]),
                    columns[start + 1 : start + 1 + steps])
 
-    def batch(self, batch_size: int, generator: torch.Generator,
-              split: str = "train") -> tuple[Tensor, Tensor]:
+    def draw(self, batch_size: int, generator: torch.Generator,
+             split: str) -> tuple[Tensor, Tensor]:
         """One window of `seq_len` steps from a random row of the batchified split."""
         columns = self.batchify(split, batch_size)
         starts = len(columns) - self.seq_len

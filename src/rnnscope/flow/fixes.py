@@ -1,0 +1,120 @@
+"""The remedies of the seeds, ranked for a verdict: what to change, why, and the flags.
+
+`rank_fixes(verdict, ...)` returns `Fix`es most effective first; each carries the
+exact command-line change that applies it (DESIGN.md's CLI flags), so a user of the
+trainer can copy it, and the diagnosis can leave out a fix already in force.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One remedy: what to change, why, and the flags that change it."""
+
+    remedy: str
+    why: str
+    change: dict[str, str]  # CLI flag (without --) -> value, e.g. {"cell": "lstm"}
+
+    @property
+    def cli(self) -> str:
+        return " ".join(f"--{flag}={value}" for flag, value in self.change.items())
+
+
+def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth: float,
+               grad_norm: float | None = None, lr: float | None = None,
+               init: str | None = None, explosive: bool = False) -> list[Fix]:
+    """The seeds' remedies that address `verdict`, most effective first.
+
+    `init` is the scheme in force (e.g. "chrono:200"); `explosive` says the
+    dynamics themselves grow (top Lyapunov exponent > 0), which for a
+    non-finite verdict puts the cause (the weights) before the guard.
+    """
+    smaller_lr = {"lr": f"{lr / 10:g}"} if lr else {"lr": "<a tenth of the current>"}
+    if verdict == "nonfinite":
+        return _nonfinite_fixes(smaller_lr, explosive)
+    if verdict == "exploding":
+        return _exploding_fixes(smaller_lr, cell, grad_norm, growth)
+    if verdict == "vanishing":
+        return _vanishing_fixes(cell, steps, reach, init)
+    return []
+
+
+def _nonfinite_fixes(smaller_lr: dict[str, str], explosive: bool) -> list[Fix]:
+    fixes = [
+        Fix("NaN guard", "restore the last finite weights, halve the learning rate and go "
+            "on, instead of spreading NaN into every weight", {"guard": "rollback"}),
+        Fix("gradient clipping", "NaN usually follows an overflow that clipping by the "
+            "global norm would have capped", {"clip": "norm:1.0"}),
+        Fix("smaller learning rate", "a smaller step keeps weights out of the region "
+            "where activations overflow", smaller_lr),
+    ]
+    if explosive:
+        fixes.insert(0, Fix("smaller initial recurrent weights", "the state dynamics grow "
+                            "(top Lyapunov exponent > 0) until activations overflow; "
+                            "spectral radius 1 stops the growth", {"init": "spectral:1.0"}))
+    return fixes
+
+
+def _exploding_fixes(smaller_lr: dict[str, str], cell: str | None, grad_norm: float | None,
+                     growth: float) -> list[Fix]:
+    threshold = _clip_threshold(grad_norm, growth)
+    fixes = [
+        Fix("gradient clipping", f"rescale the update when the global gradient norm exceeds "
+            f"{threshold:g} (the observed norm without the {growth:.3g}x growth through "
+            "time); the direction is kept", {"clip": f"norm:{threshold:g}"}),
+        Fix("smaller initial recurrent weights", "rescale W_hh to spectral radius 1, the "
+            "edge between shrinking and growing", {"init": "spectral:1.0"}),
+        Fix("smaller learning rate", "smaller steps keep W_hh from growing past the point "
+            "where gradients explode", smaller_lr),
+        Fix("L2 regularisation", "weight decay pulls the recurrent weights back towards "
+            "small norms", {"optim.weight_decay": "1e-4"}),
+    ]
+    if cell in ("rnn_tanh", "rnn_relu"):
+        fixes.append(Fix("gated cell", "an LSTM's gates bound the state and its gradient",
+                         {"cell": "lstm"}))
+    return fixes
+
+
+def _vanishing_fixes(cell: str | None, steps: int, reach: int, init: str | None) -> list[Fix]:
+    chrono = f"chrono:{steps}"
+    fixes = []
+    if cell in (None, "rnn_tanh", "rnn_relu", "gru"):
+        fixes.append(Fix("gated cell with chrono init", "the LSTM cell state is additive and "
+                         f"chrono-initialised forget gates keep it for up to ~{steps} steps",
+                         {"cell": "lstm", "init": chrono}))
+    if cell == "lstm":
+        fixes.append(Fix("chrono init", f"forget-gate biases log U[1, {steps - 1}] make the "
+                         f"cell remember over the {steps} steps the task spans",
+                         {"init": chrono}))
+        if not (init or "").startswith("chrono"):  # chrono's forget biases are already larger
+            fixes.append(Fix("forget-gate bias 1", "forget gates start open (sigmoid(1) ~ "
+                             "0.73) instead of half shut", {"init": "forget_bias:1.0"}))
+    if cell in (None, "rnn_tanh"):
+        fixes.append(Fix("ReLU units with identity init (IRNN)", "W_hh = I and ReLU pass the "
+                         "gradient back unchanged while units are active",
+                         {"cell": "rnn_relu", "init": "identity:1.0"}))
+    if cell == "rnn_relu":
+        fixes.append(Fix("identity init (IRNN)", "W_hh = I passes the gradient back "
+                         "unchanged while units are active", {"init": "identity:1.0"}))
+    fixes.append(Fix("orthogonal init", "an orthogonal W_hh preserves the gradient norm "
+                     "through the linear part of every step", {"init": "orthogonal"}))
+    if 0 < reach < steps:
+        fixes.append(Fix("truncated BPTT (speed, not memory)", f"the gradient beyond {reach} "
+                         "steps is already below 1e-3 of its peak, so windows of that length "
+                         "cost less per step without losing gradient; it cannot teach "
+                         "longer dependencies", {"bptt.window": str(reach)}))
+    return fixes
+
+
+def _clip_threshold(grad_norm: float | None, growth: float) -> float:
+    """One significant digit of the gradient norm without its growth through time."""
+    if not grad_norm or not math.isfinite(grad_norm) or not math.isfinite(growth):
+        return 1.0
+    # Capped at 1.0, the threshold of the classic long-range results (TASKS.md).
+    estimate = min(max(grad_norm / max(growth, 1.0), 1e-2), 1.0)
+    digits = 10 ** math.floor(math.log10(estimate))
+    return round(estimate / digits) * digits

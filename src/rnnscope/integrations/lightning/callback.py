@@ -1,0 +1,201 @@
+"""`GradientFlowCallback`: the gradient flow through time of a LightningModule, recorded,
+diagnosed and logged on a schedule of training batches."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from rnnscope.checks import integer
+from rnnscope.flow.diagnosis import VERDICTS, Diagnosis, diagnose
+from rnnscope.flow.recording import GradientFlow, Recorder, record
+from rnnscope.models.recurrent import cell_name, require_recurrent
+from rnnscope.schedules import Every
+
+
+def flow_metrics(diagnosis: Diagnosis, prefix: str = "rnnscope/") -> dict[str, float]:
+    """The numbers the callback logs for one diagnosis (a pure function; the caller logs).
+
+    <prefix>reach, rate, steps       as in `Diagnosis` (steps: the recorded sequence length)
+    <prefix>verdict                  the verdict as a code: its index in VERDICTS,
+                                     0 vanishing, 1 exploding, 2 healthy, 3 nonfinite
+    <prefix>verdict_<name>           1.0 for the verdict, 0.0 for the three others
+    <prefix>norm_at_loss             ||dL/dh_t|| where the loss enters (best layer)
+    <prefix>norm_at_first_step       ||dL/dh_t|| at the far end of the sequence
+    <prefix>nonfinite                count of NaN/inf entries of dL/dh_t
+    <prefix>underflow_fraction       zero or subnormal share of the dL/dh_t entries
+    """
+    evidence = diagnosis.evidence
+    metrics = {
+        f"{prefix}reach": float(diagnosis.reach),
+        f"{prefix}rate": float(diagnosis.rate),
+        f"{prefix}steps": float(diagnosis.steps),
+        f"{prefix}verdict": float(VERDICTS.index(diagnosis.verdict)),
+    }
+    metrics.update({f"{prefix}verdict_{name}": float(diagnosis.verdict == name)
+                    for name in VERDICTS})
+    for key in ("norm_at_loss", "norm_at_first_step", "nonfinite", "underflow_fraction"):
+        metrics[f"{prefix}{key}"] = float(evidence[key])
+    return metrics
+
+
+def rescaled_flow(flow: GradientFlow, factor: float) -> GradientFlow:
+    """`flow` with its norms multiplied by `factor`: the flow of `factor` times the loss.
+
+    Backpropagation is linear in the loss, so this is what recording that loss would
+    give (exactly, for a power of two such as an AMP scale). Verdict, reach and rate
+    are unchanged; counts and fractions of entries describe the backward that ran."""
+    per_sample = None if flow.per_sample is None else flow.per_sample * factor
+    return replace(flow, norms=flow.norms * factor, per_sample=per_sample)
+
+
+class GradientFlowCallback(Callback):
+    """Record, diagnose and log the gradient flow through time every `every` batches.
+
+    Schedule: the first training batch, then every `every`-th (1-based: batches
+    `every`, `2*every`, ...; counted across epochs), as rnnscope's own trainer does
+    with `--probe.every`. On a due batch `on_train_batch_start` enters
+    `rnnscope.record(pl_module)`, so the recurrent layers run unrolled for that
+    batch only; `on_train_batch_end` reads the flow after every backward pass of
+    the batch, which works the same under automatic and manual optimisation. On
+    any other batch the hooks compare one integer and the model runs torch's own
+    kernels: nothing is recorded or slowed.
+
+    What is read: each recurrent layer's latest recorded forward that received
+    gradient, diagnosed from the flow alone (`diagnose(flow)`: verdict, reach and
+    rate as from the recorder, without the Lyapunov exponent, which costs T*B*S^2
+    numbers per record). With several backward passes per batch through different forwards
+    (truncated BPTT), that is the last window: reach cannot exceed the window.
+
+    The norms are those of the loss `training_step` returned (or passed to
+    `manual_backward`), not of the loss Lightning backpropagated: they are divided
+    by the AMP gradient scaler's scale of the batch's last backward pass and, under
+    automatic optimisation, multiplied by `accumulate_grad_batches` (Lightning
+    divides the loss by it).
+
+    With an enabled gradient scaler (`precision="16-mixed"`), every recorded batch
+    also logs `<prefix>amp_scale` (the scale of that backward) and
+    `<prefix>amp_overflow`: 1.0 when the scaler lowered its scale after it or the
+    flow is non-finite. The scaler skips the optimiser step of such a batch, so it
+    is not a "nonfinite" verdict: its non-finite flow is neither logged nor kept,
+    and training goes on.
+
+    Logged to every logger in `trainer.loggers` (see `flow_metrics` for the keys),
+    at the same step as the module's own `self.log` values of that batch (Lightning's
+    `log_every_n_steps` does not apply: the schedule is `every`). The latest
+    results stay on the callback: `last_flow`, `last_diagnosis`, `last_step`.
+
+    `stop_on_nonfinite`: a "nonfinite" verdict sets `trainer.should_stop` (decided
+    across processes under DDP). The optimiser step of that batch has already run.
+    """
+
+    def __init__(self, every: int = 100, stop_on_nonfinite: bool = True,
+                 prefix: str = "rnnscope/") -> None:
+        super().__init__()
+        self.every = integer("every", every, 1)
+        self.schedule = Every(self.every, first=True)
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix: must be a string, got {prefix!r}")
+        self.prefix = prefix
+        self.last_flow: GradientFlow | None = None
+        self.last_diagnosis: Diagnosis | None = None
+        self.last_step: int | None = None
+        self._recorder: Recorder | None = None
+        self._step = 0
+        self._backward_scale: float | None = None
+        self._warned_empty = False
+
+    def due(self, batch: int) -> bool:
+        """Whether training batch `batch` (0-based, across epochs) is recorded: step
+        batch + 1 of `schedules.every(every, first=True)`."""
+        return self.schedule.due(batch + 1)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # fail before training, not at the first due batch
+            require_recurrent(pl_module, field="GradientFlowCallback: the LightningModule")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch,
+                             batch_idx: int) -> None:
+        if not self.due(trainer.fit_loop.total_batch_idx):
+            return
+        # The x-axis of the module's own step metrics; read now because Lightning
+        # advances it after on_train_batch_end.
+        self._step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped",
+                             trainer.global_step)
+        self._backward_scale = None
+        self._recorder = record(pl_module).__enter__()
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
+                           loss: Tensor) -> None:
+        # Lightning has just multiplied the loss by the scaler's scale; the scaler may
+        # change it at the optimiser step (truncated BPTT: between windows), so read it
+        # here, at every backward pass of a recorded batch (one host sync each).
+        if self._recorder is None:
+            return  # not a recorded batch: nothing to read
+        scaler = _enabled_scaler(trainer)
+        if scaler is not None:
+            self._backward_scale = float(scaler.get_scale())
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        recorder = self._close()
+        if recorder is None:
+            return
+        scaler = _enabled_scaler(trainer)
+        scale = self._backward_scale if scaler is not None else None
+        diagnosis, overflow = None, False
+        if recorder.recorded:
+            # Lightning backpropagated loss * scale / accumulate_grad_batches.
+            accumulate = trainer.accumulate_grad_batches if pl_module.automatic_optimization \
+                else 1
+            flow = rescaled_flow(recorder.flow, accumulate / (scale or 1.0))
+            diagnosis = diagnose(flow, current={"cell": cell_name(recorder.layers[0][1])})
+            metrics = {}
+            if scale is not None:
+                overflow = scaler.get_scale() < scale or diagnosis.verdict == "nonfinite"
+                metrics = {f"{self.prefix}amp_scale": scale,
+                           f"{self.prefix}amp_overflow": float(overflow)}
+            if not (overflow and diagnosis.verdict == "nonfinite"):
+                self.last_flow, self.last_diagnosis, self.last_step = flow, diagnosis, self._step
+                metrics.update(flow_metrics(diagnosis, self.prefix))
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=self._step)
+        elif not self._warned_empty:
+            self._warned_empty = True
+            rank_zero_warn("GradientFlowCallback: a due batch ran no backward pass through "
+                           "a recorded recurrent forward; nothing was logged for it")
+        if self.stop_on_nonfinite:
+            # Every process takes this branch on the same batches, so the collective is safe.
+            # An AMP overflow is the scaler's to handle: it skips the step and lowers its scale.
+            nonfinite = diagnosis is not None and diagnosis.verdict == "nonfinite" \
+                and not overflow
+            if trainer.strategy.reduce_boolean_decision(nonfinite, all=False):
+                trainer.should_stop = True
+                rank_zero_warn(f"GradientFlowCallback: non-finite gradient through time at "
+                               f"step {self._step}; stopping training")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close()  # a due batch that ended the epoch early (-1) had no end hook
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
+                     exception: BaseException) -> None:
+        self._close()  # the model must not stay unrolled after a failed batch
+
+    def _close(self) -> Recorder | None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.__exit__(None, None, None)
+        return recorder
+
+
+def _enabled_scaler(trainer: Trainer):
+    """The AMP gradient scaler of `precision="16-mixed"`, or None (none, or disabled)."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None

@@ -1,0 +1,265 @@
+"""The training loop: one task, one model, the remedies, and named events.
+
+The loop knows nothing of logging, checkpoints or the NaN guard: they listen to
+its events (minGPT's trainer "has nothing to do with GPT"):
+
+    after_backward(step)  gradients (and, on the probe schedule, the gradient flow
+                          through time) are in; nothing is clipped yet
+    before_step(step)     clipped; the guard may veto the update or roll back
+    after_step(step)      the optimiser has stepped; loggers write the step
+    on_eval(evaluation)   held-out loss and metric, on the eval schedule
+    on_checkpoint(trainer)  the state to save, on the checkpoint schedule and at the end
+
+`train(config)` (run.py) wires the run directory, TensorBoard, the progress bar and
+checkpoints to these events; `Trainer` alone is the bare loop for library use.
+Under torchrun the trainer is given a `ProcessGroup` (distributed.py):
+each rank trains on its rows of the global batch, and gradients, loss and gradient
+flow are reduced across ranks before anything reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
+from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.probes import grad_norms
+from rnnscope.flow.recording import GradientFlow
+from rnnscope.remedies.clipping import Clipper, ClipResult
+from rnnscope.remedies.guard import Guard, TrainingDiverged
+from rnnscope.remedies.optim import LRSchedule, build_optimizer
+from rnnscope.schedules import every
+from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.distributed import LOCAL, SingleProcess
+from rnnscope.training.evaluation import Evaluation, HeldOut, held_out_numbers
+
+EVENTS = ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoint")
+
+
+@dataclass
+class StepState:
+    """One optimiser step as listeners see it (numbers read once, after clipping)."""
+
+    step: int  # 1-based: the number of this update
+    lr: float
+    loss: float = math.nan
+    clip: ClipResult | None = None
+    grad_norm: float = math.nan  # total L2 norm before clipping
+    grad_norm_clipped: float = math.nan
+    clipped: bool = False
+    finite: bool = True
+    flow: GradientFlow | None = None  # on the probe schedule
+    diagnosis: Diagnosis | None = None  # of `flow`
+    grads: dict[str, Tensor] = field(default_factory=dict)  # for histograms, on the probe schedule
+    param_norms: dict[str, float] = field(default_factory=dict)  # on the probe schedule
+    skip: bool = False  # set by the guard: no update this step
+    action: str | None = None  # what the guard did: "skip" or "rollback"
+    clip_rate: float = 0.0  # fraction of the run's steps so far that were clipped
+
+    def scalars(self) -> dict[str, float]:
+        return {"loss": self.loss, "grad_norm": self.grad_norm,
+                "grad_norm_clipped": self.grad_norm_clipped, "lr": self.lr,
+                "clip_rate": self.clip_rate}
+
+
+class Trainer:
+    """Builds everything from an `ExperimentConfig` and runs the loop (`fit`).
+    `distributed` is this process's share of a data-parallel job (default: the only one)."""
+
+    def __init__(self, config: ExperimentConfig, distributed: SingleProcess = LOCAL) -> None:
+        self.config = config
+        self.dist = distributed
+        if config.run.batch % distributed.world_size:
+            raise ValueError(f"run.batch: {config.run.batch} does not split evenly across "
+                             f"{distributed.world_size} processes; run.batch is the global "
+                             f"batch, use a multiple of {distributed.world_size}")
+        self.device = distributed.place(_device(config.run.device))
+        torch.manual_seed(config.run.seed)  # initial weights and dropout masks
+        self.task = config.task.build()
+        for split in ("train", "valid"):  # a data set too small for the batch fails here,
+            self.task.batch(config.run.batch, torch.Generator().manual_seed(0), split)
+        self.held_out = HeldOut(self.task, config.run.batch, config.run.seed, self.device,
+                                getattr(torch, config.run.dtype))
+        self.model = config.model.build(self.task.input_size, self.task.output_size)
+        config.init.apply(self.model)
+        self.model.to(self.device, self.held_out.dtype)
+        distributed.fork_rng(config.run.seed)  # dropout masks differ between ranks
+        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        self.schedule = LRSchedule(config.schedule, config.optim.lr, config.run.steps)
+        self.clipper = Clipper(config.clip)
+        self.probes = config.probe.schedule
+        self.evaluations = every(config.run.eval_every)
+        self.checkpoints = every(config.run.checkpoint_every)
+        self.data = torch.Generator().manual_seed(config.run.seed)
+        self.step = 0  # updates done
+        self.clipped_steps = 0
+        self.evaluation: Evaluation | None = None
+        self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
+        self.guard = Guard(config.guard, snapshot=self.snapshot, restore=self.restore,
+                           scale_lr=self.schedule.scale_by)
+        self.on("before_step", self.guard.before_step)
+
+    def on(self, event: str, listener: Callable) -> None:
+        if event not in self.listeners:
+            raise ValueError(f"event: unknown {event!r}; accepted: {', '.join(EVENTS)}")
+        self.listeners[event].append(listener)
+
+    def fire(self, event: str, payload) -> None:
+        for listener in self.listeners[event]:
+            listener(payload)
+
+    # the loop
+
+    def fit(self) -> str:
+        """Train until `run.steps` or until solved; returns the status: "solved",
+        "finished", or raises TrainingDiverged (the guard gave up)."""
+        run = self.config.run
+        status = "finished"
+        while self.step < run.steps:
+            self.train_step()
+            last = self.step == run.steps
+            if last or self.evaluations.due(self.step):
+                evaluation = self.evaluate(shared=True)
+                if run.early_stop and evaluation.solved:
+                    status = "solved"
+            if status == "solved" or last or self.checkpoints.due(self.step):
+                self.fire("on_checkpoint", self)
+            if status == "solved":
+                break
+        return status
+
+    def train_step(self) -> StepState:
+        step = self.step + 1
+        state = StepState(step, lr=self.schedule.apply(self.optimizer, self.step))
+        probing = self.probes.due(step)
+        result, batch_loss = self._backward(probing)
+        if probing:
+            self._probe(state, result)
+        self.fire("after_backward", state)
+        self._clip(state, batch_loss)
+        self.fire("before_step", state)  # the guard acts here
+        if not state.skip:
+            self.optimizer.step()
+        self.step = step
+        self.clipped_steps += state.clipped
+        state.clip_rate = self.clipped_steps / step
+        self.fire("after_step", state)
+        return state
+
+    def _backward(self, probing: bool) -> tuple[BPTTResult, Tensor]:
+        """Forward and backward of one global batch; the batch loss, reduced across ranks.
+
+        In windows of bptt.window steps (bptt.py draws it): each window's share of the
+        loss is backpropagated as soon as it is known and the state is detached at the
+        cut, so no gradient crosses a window boundary. One window (the default) is full
+        BPTT. On the probe schedule every window is recorded, which yields dL/dh_t for
+        every layer and step. With N ranks each backpropagates its share of the global
+        loss (its mean over its rows, / N).
+        """
+        # Every rank draws the same global batch and keeps its own rows of it.
+        inputs, targets = self.held_out.place(*self.dist.shard(
+            *self.task.batch(self.config.run.batch, self.data, "train"),
+            time_major_targets=self.task.scored_steps == "every"))
+        steps = inputs.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        result = truncated_bptt(
+            self.model, inputs,
+            lambda output, start, stop: self.dist.share(
+                self.task.window_loss(output, targets, start, stop, steps)),
+            window=self.config.bptt.window, record_flow=probing)
+        # The ranks' gradients and losses add up to the global batch's (one process: as is).
+        return result, self.dist.reduce_gradients(self.model.parameters(), result.loss)
+
+    def _probe(self, state: StepState, result: BPTTResult) -> None:
+        """The gradient flow through time and per-parameter gradient norms, before
+        clipping; gradient copies for histograms when asked."""
+        if any(flow is not None for flow in result.flows):
+            state.flow = self.dist.reduce_flow(join_flows(result.flows, result.windows))
+            state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags())
+        norms = grad_norms(self.model)
+        state.param_norms = dict(zip(norms, torch.stack(list(norms.values())).tolist(),
+                                     strict=True))
+        if self.config.probe.histograms:
+            state.grads = {name: p.grad.detach().cpu() for name, p in
+                           self.model.named_parameters() if p.grad is not None}
+
+    def _clip(self, state: StepState, batch_loss: Tensor) -> None:
+        """Clip after the backward pass and before the update (nanoGPT's order), then read
+        every number of this step in one host sync."""
+        clip = state.clip = self.clipper(self.model.parameters())
+        numbers = torch.stack([batch_loss.detach(), clip.norm_before, clip.norm_after,
+                               clip.clipped, clip.nonfinite]).double()
+        loss, before, after, clipped, nonfinite = numbers.tolist()
+        state.loss, state.grad_norm, state.grad_norm_clipped = loss, before, after
+        state.clipped = bool(clipped)
+        state.finite = math.isfinite(loss) and not nonfinite
+
+    def evaluate(self, *, shared: bool = False) -> Evaluation:
+        """Mean loss and metric over `run.eval_batches` held-out batches (the same ones at
+        every evaluation). By default this rank alone; `shared=True` (the loop's
+        evaluations) takes rank 0's numbers on every rank, a collective that every rank
+        must reach, so that all ranks stop early at the same step."""
+        loss, metric = held_out_numbers(self.model, self.held_out, self.config.run.eval_batches)
+        if shared:  # every rank evaluated the same batches; rank 0's numbers make one
+            loss, metric = self.dist.broadcast([loss, metric])  # early-stop decision for all
+        self.evaluation = Evaluation(self.step, loss, metric, self.task.metric_name,
+                                     self.task.solved(metric))
+        self.schedule.observe(metric)
+        self.fire("on_eval", self.evaluation)
+        return self.evaluation
+
+    # state: snapshots for the guard, checkpoints for resume
+
+    def snapshot(self) -> dict:
+        # Deep copies: state_dict() returns the live tensors that later steps update.
+        return copy.deepcopy({"model": self.model.state_dict(),
+                              "optimizer": self.optimizer.state_dict()})
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])  # copies into the parameters
+        # The optimiser adopts the tensors it is given; a copy keeps the snapshot reusable.
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly as if never stopped."""
+        evaluation = self.evaluation.__dict__ if self.evaluation is not None else None
+        return {"step": self.step, "clipped_steps": self.clipped_steps,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
+                "guard": self.guard.state_dict(), "evaluation": evaluation,
+                "rng": {"data": self.data.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda"
+                        else []}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.clipped_steps = state["step"], state["clipped_steps"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.clipper.load_state_dict(state["clipper"])
+        self.guard.load_state_dict(state["guard"])
+        self.evaluation = Evaluation(**state["evaluation"]) if state["evaluation"] else None
+        self.data.set_state(state["rng"]["data"])
+        torch.set_rng_state(state["rng"]["torch"])  # rank 0's
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        # Last, so that ranks > 0 reseed every generator (the GPU's too) for their stream.
+        self.dist.fork_rng(self.config.run.seed + self.step)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device: cuda is not available on this machine; accepted here: "
+                         "cpu, auto")
+    return torch.device(name)
+
+
+__all__ = ["EVENTS", "Evaluation", "StepState", "Trainer", "TrainingDiverged"]

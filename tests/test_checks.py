@@ -1,0 +1,127 @@
+"""The validators every config section and task uses: one line naming the field and what
+it accepts; and plain data coerced into a config section's types."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rnnscope.checks import (
+    build_section,
+    choice,
+    coerce,
+    integer,
+    number,
+    number_text,
+    positive,
+    text,
+    to_plain,
+)
+
+
+def test_choice_lists_the_accepted_values():
+    assert choice("model.cell", "gru", ("lstm", "gru")) == "gru"
+    with pytest.raises(ValueError, match=r"^model\.cell: unknown 'lstn'; accepted: lstm, gru$"):
+        choice("model.cell", "lstn", ("lstm", "gru"))
+    with pytest.raises(ValueError, match=r"unknown \['lstm'\]"):
+        choice("model.cell", ["lstm"], ("lstm", "gru"))  # unhashable: still one line
+
+
+@pytest.mark.parametrize(("value", "minimum", "maximum", "message"), [
+    (0, 1, None, "run.steps: must be an integer >= 1, got 0"),
+    (True, 1, None, "run.steps: must be an integer >= 1, got True"),
+    (2.0, 1, None, "run.steps: must be an integer >= 1, got 2.0"),
+    ("3", None, None, "run.steps: must be an integer, got '3'"),
+    (11, 0, 10, "run.steps: must be an integer in 0..10, got 11"),
+    (11, None, 10, "run.steps: must be an integer <= 10, got 11"),
+])
+def test_integer_refuses_what_is_not_an_integer_in_range(value, minimum, maximum, message):
+    with pytest.raises(ValueError) as error:
+        integer("run.steps", value, minimum, maximum)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("bounds", "value", "message"), [
+    ({"above": 0.0}, 0, "must be a positive number, got 0"),
+    ({"above": 0.0}, math.inf, "must be a positive number, got inf"),
+    ({"minimum": 0.0}, math.nan, "must be a finite number >= 0, got nan"),
+    ({"above": 2.0}, 2, "must be a finite number > 2, got 2"),
+    ({"minimum": 0.0, "below": 1.0}, 1, "must be in [0, 1), got 1"),
+    ({"above": 0.0, "maximum": 100.0}, 101, "must be in (0, 100], got 101"),
+    ({"below": 1.0}, 1.5, "must be a finite number < 1, got 1.5"),
+    ({}, "1.0", "must be a finite number, got '1.0'"),
+    ({}, True, "must be a finite number, got True"),
+])
+def test_number_names_its_bounds(bounds, value, message):
+    with pytest.raises(ValueError) as error:
+        number("x", value, **bounds)
+    assert str(error.value) == f"x: {message}"
+
+
+def test_number_takes_numpy_and_one_element_tensors_and_returns_a_float():
+    for value in (np.float32(0.5), np.int64(2), torch.tensor(0.25), 3):
+        result = number("init.gain", value)
+        assert isinstance(result, float) and result == float(value)
+    with pytest.raises(ValueError, match="must be a finite number"):
+        number("init.gain", torch.ones(2))
+    assert positive("optim.lr", 1e-3) == 1e-3
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True), st.floats(-10, 10), st.floats(-10, 10))
+def test_number_accepts_exactly_the_finite_values_within_bounds(value, low, high):
+    inside = math.isfinite(value) and low <= value <= high
+    try:
+        assert number("x", value, minimum=low, maximum=high) == value
+        assert inside
+    except ValueError as error:
+        assert not inside and str(error).startswith("x: must be ")
+
+
+def test_text_refuses_empty_and_overlong_strings():
+    assert text("run.name", "baseline") == "baseline"
+    with pytest.raises(ValueError, match=r"^run\.name: must be a non-empty string, got ''$"):
+        text("run.name", "")
+    with pytest.raises(ValueError, match=r"^run\.name: must be at most 5 characters, got 6$"):
+        text("run.name", "x" * 6, max_length=5)
+
+
+@dataclass(frozen=True)
+class Section:
+    rate: float = 0.1
+    window: int | None = None
+    name: str = "a"
+    on: bool = False
+
+
+def test_build_section_types_plain_data_as_the_fields_say():
+    built = build_section(Section, "s", {"rate": 1, "window": "none", "name": 2, "on": True})
+    assert built == Section(rate=1.0, window=None, name="2", on=True)
+    assert isinstance(built.rate, float)
+    over = build_section(Section, "s", {"window": "50"}, base=built)
+    assert over.window == 50 and over.rate == 1.0
+    assert to_plain(over) == {"rate": 1.0, "window": 50, "name": "2", "on": True}
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"rates": 1}, "s.rates: unknown key; accepted: rate, window, name, on"),
+    ({"rate": "fast"}, "s.rate: expected a number, got 'fast'"),
+    ({"window": 1.5}, "s.window: expected an integer or none, got 1.5"),
+    ({"on": "yes"}, "s.on: expected true/false, got 'yes'"),
+    (["rate"], "s: expected a mapping of keys to values, got ['rate']"),
+])
+def test_build_section_errors_name_the_key(data, message):
+    with pytest.raises(ValueError) as error:
+        build_section(Section, "s", data)
+    assert str(error.value) == message
+
+
+def test_numbers_in_text_are_read_as_numbers():
+    assert number_text("12") == 12 and number_text("1e-3") == 1e-3
+    assert number_text("norm:1") == "norm:1"
+    assert coerce("f", float, "1e-3") == 1e-3

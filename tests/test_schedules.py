@@ -1,0 +1,68 @@
+"""One definition of "due every N steps", and every periodic job of training keeps to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from rnnscope.flow.probes import ProbeConfig
+from rnnscope.flow.recording import record
+from rnnscope.schedules import Every, every
+from support import tiny_run
+
+
+def due_steps(schedule: Every, last: int) -> list[int]:
+    return [step for step in range(1, last + 1) if schedule.due(step)]
+
+
+def test_every_n_is_due_at_multiples_of_n_and_first_adds_step_one():
+    assert due_steps(every(10), 35) == [10, 20, 30]
+    assert due_steps(every(10, first=True), 35) == [1, 10, 20, 30]
+    assert due_steps(every(1), 4) == [1, 2, 3, 4]
+    assert due_steps(every(1, first=True), 4) == [1, 2, 3, 4]
+    assert due_steps(every(0), 50) == [] and due_steps(every(0, first=True), 50) == []
+
+
+@given(st.integers(1, 50), st.integers(1, 500), st.booleans())
+def test_due_is_a_pure_function_of_the_step(n, step, first):
+    schedule = every(n, first=first)
+    assert schedule.due(step) == ((step % n == 0) or (first and step == 1))
+    assert schedule.due(step) == every(n, first=first).due(step)  # no state: resume-safe
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10", None])
+def test_a_bad_period_names_the_field(bad):
+    with pytest.raises(ValueError, match=r"^probe\.every: must be an integer >= 0, got "):
+        every(bad, field="probe.every")
+
+
+def test_the_trainer_probes_evaluates_and_checkpoints_on_its_schedules():
+    from rnnscope.training.trainer import Trainer
+
+    config = tiny_run(run={"steps": 12, "eval_every": 5, "checkpoint_every": 4},
+                      probe={"every": 3})
+    trainer = Trainer(config)
+    probed, evaluated, saved = [], [], []
+    trainer.on("after_step", lambda state: state.flow is not None and probed.append(state.step))
+    trainer.on("on_eval", lambda evaluation: evaluated.append(evaluation.step))
+    trainer.on("on_checkpoint", lambda t: saved.append(t.step))
+    trainer.fit()
+    assert probed == due_steps(ProbeConfig(every=3).schedule, 12) == [1, 3, 6, 9, 12]
+    assert evaluated == [5, 10, 12]  # every 5, and the last step
+    assert saved == [4, 8, 12]  # every 4, and the last step
+
+
+def test_record_every_n_records_the_calls_of_the_same_schedule():
+    torch.manual_seed(0)
+    model = nn.RNN(2, 3)
+    made = []
+    with record(model, every=3) as recorder:
+        for _ in range(7):
+            recorder.captures.clear()
+            model(torch.randn(4, 1, 2))[0].sum().backward()
+            made.append("" in recorder.captures)  # the model is the recurrent layer itself
+    assert made == [step in due_steps(every(3, first=True), 7) for step in range(1, 8)]
+    assert due_steps(every(3, first=True), 7) == [1, 3, 6]

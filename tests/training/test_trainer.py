@@ -1,0 +1,124 @@
+"""The training loop: truncated BPTT against full BPTT, the order of events, clipping
+before the step, and the probe schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnscope.training.trainer import Trainer
+from support import tiny_run
+
+
+def gradients(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("task", [{"name": "adding", "seq_len": 12},
+                                  {"name": "copy", "seq_len": 6}])
+@pytest.mark.parametrize("engine", ["unrolled", "native"])
+def test_truncated_bptt_with_a_window_of_t_or_more_is_full_bptt(task, engine):
+    grads, losses = {}, {}
+    for window in (None, 200, 5):
+        # No probe: the native engine runs torch's fused kernels, as the reference does.
+        trainer = Trainer(tiny_run(task=task, model={"engine": engine}, bptt={"window": window},
+                               clip="none", probe={"every": 0}))
+        trainer.optimizer.step = lambda: None  # keep the weights: compare the gradients
+        state = trainer.train_step()
+        grads[window], losses[window] = gradients(trainer), state.loss
+    # The references are computed here by hand, outside truncated_bptt and window_loss:
+    # full BPTT is one forward and backward of the task's loss over the whole sequence
+    # (for the native engine: torch's own nn.LSTM); truncated BPTT with k=5 is the
+    # word_language_model loop, the state detached between chunks, the loss of the
+    # chunks weighted by their share of the steps.
+    reference = Trainer(tiny_run(task=task, model={"engine": engine}))
+    inputs, targets = reference.task.batch(16, torch.Generator().manual_seed(0))
+    output, _ = reference.model(inputs)
+    reference.task.loss(output, targets).backward()
+    full = gradients(reference)
+    reference.model.zero_grad()
+    steps, state, chunks = inputs.shape[0], None, []
+    for start in range(0, steps, 5):
+        state = None if state is None else tuple(s.detach() for s in state)
+        output, state = reference.model(inputs[start:start + 5], state)
+        chunks.append(output)
+    every = reference.task.scored_steps == "every"
+    for start, output in zip(range(0, steps, 5), chunks, strict=True):
+        stop = start + output.shape[0]
+        if every:
+            loss = reference.task.loss(output, targets[start:stop]) * (stop - start) / steps
+        elif stop == steps:
+            loss = reference.task.loss(output, targets)
+        else:
+            continue
+        loss.backward(retain_graph=True)
+    truncated = gradients(reference)
+    for name, expected in full.items():
+        torch.testing.assert_close(grads[None][name], expected, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(grads[200][name], expected, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(grads[5][name], truncated[name], rtol=1e-6, atol=1e-9)
+    # Shorter windows: the same loss (the window shares add up), other gradients.
+    assert losses[5] == pytest.approx(losses[None], rel=1e-6)
+    assert any(not torch.allclose(truncated[n], g) for n, g in full.items())
+
+
+def test_truncated_bptt_flow_cannot_reach_past_the_window():
+    trainer = Trainer(tiny_run(bptt={"window": 5}, probe={"every": 1}))
+    state = trainer.train_step()
+    # adding scores the last step: only the last window's 2 steps (12 = 5 + 5 + 2) see it.
+    norms = state.flow.norms[0]
+    assert (norms[:10] == 0).all() and (norms[10:] > 0).all()
+    assert state.diagnosis.reach <= 2
+
+
+def test_events_fire_in_the_order_of_the_algorithm():
+    trainer = Trainer(tiny_run(run={"steps": 3, "eval_every": 3}))
+    seen = []
+    for event in ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoint"):
+        trainer.on(event, lambda payload, event=event: seen.append(event))
+    assert trainer.fit() == "finished"
+    step = ["after_backward", "before_step", "after_step"]
+    assert seen == step * 3 + ["on_eval", "on_checkpoint"]
+    with pytest.raises(ValueError, match="event: unknown 'after_forward'; accepted"):
+        trainer.on("after_forward", print)
+
+
+def test_clipping_acts_before_the_step_and_is_reported():
+    trainer = Trainer(tiny_run(clip="norm:0.001"))
+    observed = {}
+
+    def before_step(state):
+        total = torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in trainer.model.parameters()]))
+        observed.update(after=float(total), reported=state.grad_norm_clipped)
+
+    trainer.on("before_step", before_step)
+    state = trainer.train_step()
+    assert state.clipped and state.grad_norm > 0.001
+    assert observed["after"] == pytest.approx(0.001, rel=1e-3)
+    assert observed["reported"] == pytest.approx(observed["after"], rel=1e-5)
+
+
+def test_probe_schedule_records_flow_for_every_layer_and_step():
+    trainer = Trainer(tiny_run(model={"layers": 2}, probe={"every": 2, "histograms": True}))
+    states = [trainer.train_step() for _ in range(4)]
+    recorded = [s.step for s in states if s.flow is not None]
+    assert recorded == [1, 2, 4]  # the first step, then every 2nd
+    flow = states[0].flow
+    assert flow.norms.shape == (2, 12) and flow.layers == ["rnn.l0", "rnn.l1"]
+    assert set(states[0].grads) == {n for n, _ in trainer.model.named_parameters()}
+    assert states[2].grads == {}
+
+
+def test_native_engine_records_the_flow_on_the_probe_schedule():
+    unrolled = Trainer(tiny_run(probe={"every": 2}))
+    native = Trainer(tiny_run(model={"engine": "native"}, probe={"every": 2}))
+    assert isinstance(native.model.rnn, torch.nn.LSTM)  # torch's fused module
+    native.model.load_state_dict(unrolled.model.state_dict())
+    a, b = unrolled.train_step(), native.train_step()
+    assert b.flow is not None and b.flow.layers == ["rnn.l0"]
+    torch.testing.assert_close(b.flow.norms, a.flow.norms, rtol=1e-5, atol=1e-9)
+    assert native.train_step().flow is not None  # step 2
+    assert native.train_step().flow is None  # step 3: not on the schedule, fused kernels
+
+
