@@ -4,7 +4,8 @@ Public API (names other code relies on; see DESIGN.md):
 
 - `Recurrent`, `from_torch`: unrolled cells with torch's names and semantics.
 - `init_`: named initialisation schemes for recurrent layers.
-- `record`, `GradientFlow`: dL/dh_t for every recurrent layer and step.
+- `record`, `GradientFlow`: dL/dh_t for every recurrent layer and step; `mark` for
+  states of hand-written loops.
 - `diagnose` -> `Diagnosis`: verdict, reach, rate, evidence and ranked fixes.
 - `lyapunov`: the largest Lyapunov exponents of a recurrent layer along a trajectory.
 - `clip_grad` -> `ClipResult`: gradient clipping by norm, value, per parameter, AutoClip, AGC.
@@ -14,7 +15,8 @@ Public API (names other code relies on; see DESIGN.md):
 from rnnscope.flow.diagnosis import Diagnosis, diagnose
 from rnnscope.flow.dynamics import lyapunov
 from rnnscope.flow.fixes import Fix
-from rnnscope.flow.recording import GradientFlow, Recorder, record
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.recording import Recorder, mark, record
 from rnnscope.models.cells import CELLS
 from rnnscope.models.init import INIT_SCHEMES, init_
 from rnnscope.models.recurrent import Recurrent, find_recurrent, from_torch, run_unrolled
@@ -42,6 +44,7 @@ __all__ = [
     "from_torch",
     "init_",
     "lyapunov",
+    "mark",
     "record",
     "run_unrolled",
     "train",

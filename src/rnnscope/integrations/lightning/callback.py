@@ -11,8 +11,9 @@ from torch import Tensor
 
 from rnnscope.checks import integer
 from rnnscope.flow.diagnosis import VERDICTS, Diagnosis, diagnose
-from rnnscope.flow.recording import GradientFlow, Recorder, record
-from rnnscope.models.recurrent import cell_name, require_recurrent
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.recording import Recorder, record
+from rnnscope.models.recurrent import require_recurrent
 from rnnscope.schedules import Every
 
 
@@ -49,7 +50,8 @@ def rescaled_flow(flow: GradientFlow, factor: float) -> GradientFlow:
     give (exactly, for a power of two such as an AMP scale). Verdict, reach and rate
     are unchanged; counts and fractions of entries describe the backward that ran."""
     per_sample = None if flow.per_sample is None else flow.per_sample * factor
-    return replace(flow, norms=flow.norms * factor, per_sample=per_sample)
+    aligned = None if flow.aligned is None else flow.aligned * factor
+    return replace(flow, norms=flow.norms * factor, per_sample=per_sample, aligned=aligned)
 
 
 class GradientFlowCallback(Callback):
@@ -153,7 +155,8 @@ class GradientFlowCallback(Callback):
             accumulate = trainer.accumulate_grad_batches if pl_module.automatic_optimization \
                 else 1
             flow = rescaled_flow(recorder.flow, accumulate / (scale or 1.0))
-            diagnosis = diagnose(flow, current={"cell": cell_name(recorder.layers[0][1])})
+            cell = recorder.cell()
+            diagnosis = diagnose(flow, current={"cell": cell} if cell else None)
             metrics = {}
             if scale is not None:
                 overflow = scaler.get_scale() < scale or diagnosis.verdict == "nonfinite"
