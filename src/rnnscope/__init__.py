@@ -10,6 +10,8 @@ Public API (names other code relies on; see DESIGN.md):
 - `lyapunov`: the largest Lyapunov exponents of a recurrent layer along a trajectory.
 - `clip_grad` -> `ClipResult`: gradient clipping by norm, value, per parameter, AutoClip, AGC.
 - `train(ExperimentConfig)` -> `RunResult`: the trainer with every remedy and a run directory.
+- `watch(model, out, every=100)`: the gradient flow over your own training loop, as a run
+  directory; `swap_cell(model, cell)`: another cell in the model's recurrent layers.
 """
 
 from rnnscope.flow.diagnosis import Diagnosis, diagnose
@@ -20,9 +22,11 @@ from rnnscope.flow.recording import Recorder, mark, record
 from rnnscope.models.cells import CELLS
 from rnnscope.models.init import INIT_SCHEMES, init_
 from rnnscope.models.recurrent import Recurrent, find_recurrent, from_torch, run_unrolled
+from rnnscope.models.swap import swap_cell
 from rnnscope.remedies.clipping import ClipResult, clip_grad
 from rnnscope.training.config import ExperimentConfig
 from rnnscope.training.run import RunResult, train
+from rnnscope.training.watch import Watch, watch
 
 __version__ = "0.1.0"
 
@@ -47,6 +51,9 @@ __all__ = [
     "mark",
     "record",
     "run_unrolled",
+    "swap_cell",
     "train",
+    "watch",
+    "Watch",
     "__version__",
 ]

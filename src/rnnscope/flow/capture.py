@@ -55,7 +55,8 @@ class Row:
 class Capture:
     """The rows of one recorded training step."""
 
-    def __init__(self, on_backward: Callable[[], None], per_sample: bool) -> None:
+    def __init__(self, step: int, on_backward: Callable[[], None], per_sample: bool) -> None:
+        self.step = step  # the training step it records
         self.per_sample = per_sample
         self.complete = False  # True once backward has reached any state
         self.inputs: dict[str, object] = {}  # the first input of each fused module

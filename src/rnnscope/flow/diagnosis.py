@@ -51,6 +51,16 @@ class Diagnosis:
                        "cli": f.cli, "code": f.code} for f in self.fixes],
         }
 
+    def report_fields(self) -> dict:
+        """What a run directory's summary.json keeps of a diagnosis (the report reads it):
+        the verdict with the fixes' flags, the evidence, the summary in words, and every
+        fix with its reason, flags and code."""
+        return {"diagnosis": {"verdict": self.verdict, "reach": self.reach, "rate": self.rate,
+                              "fixes": [fix.cli for fix in self.fixes]},
+                "evidence": dict(self.evidence), "explanation": self.summary(),
+                "fix_details": [{"remedy": f.remedy, "why": f.why, "cli": f.cli,
+                                 "code": f.code} for f in self.fixes]}
+
     def __str__(self) -> str:
         lines = [f"verdict: {self.verdict}", f"  {self.summary()}", "evidence:"]
         lines += [f"  {key}: {_format(value)}" for key, value in self.evidence.items()]

@@ -26,6 +26,7 @@ run natively and are not counted. Outside the block the model is untouched.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,8 @@ class Recorder:
         self._capture: Capture | None = None  # of the current step, when it is due
         self._finished: Capture | None = None  # the latest one that received gradient
         self._saved: list[tuple[nn.Module, object]] = []
+        self._listeners: list[Callable[[int, GradientFlow], None]] = []
+        self._reported: Capture | None = None
         self._warned: set[str] = set()
         self.followed: list[nn.Module] = []  # the fused layers the engine runs
 
@@ -85,7 +88,14 @@ class Recorder:
         _ACTIVE.append(self)
         return self
 
+    def on_recorded(self, listener: Callable[[int, GradientFlow], None]) -> None:
+        """Call `listener(step, flow)` once for every recorded training step, when it is
+        over (the next step's first forward, or the end of the block)."""
+        self._listeners.append(listener)
+
     def __exit__(self, *exc_info) -> bool:
+        if exc_info[0] is None:
+            self._report(self._latest_complete())
         for module, previous in reversed(self._saved):
             if previous is None:
                 module.__dict__.pop("forward", None)
@@ -97,9 +107,11 @@ class Recorder:
         return False
 
     def _patch(self, module: nn.Module, forward) -> None:
-        # An instance attribute shadows the class's forward for this module only.
+        # An instance attribute shadows the class's forward for this module only. Under
+        # torch.compile the recording runs eagerly (a graph break at the layer): its
+        # bookkeeping and the listeners (which write files) are no graph to trace.
         self._saved.append((module, module.__dict__.get("forward")))
-        module.forward = forward
+        module.forward = torch.compiler.disable(forward)
 
     # what each kind of state does on a forward call
 
@@ -143,6 +155,7 @@ class Recorder:
 
         return forward
 
+    @torch.compiler.disable
     def mark(self, h: Tensor, name: str) -> None:
         text("name", name, max_length=200)
         if not isinstance(h, Tensor) or not torch.is_grad_enabled():
@@ -168,8 +181,10 @@ class Recorder:
             self._backward_seen = False
             if self._capture is not None and self._capture.complete:
                 self._finished = self._capture
+                self._report(self._finished)
             due = self.schedule.due(self.step)
-            self._capture = Capture(self._backward_done, self.per_sample) if due else None
+            self._capture = Capture(self.step, self._backward_done, self.per_sample) \
+                if due else None
             if due:
                 self.recorded_steps.append(self.step)
         return self._capture
@@ -208,6 +223,14 @@ class Recorder:
         """True once a recorded forward has been followed by its backward pass."""
         return self._latest_complete() is not None
 
+    def _report(self, capture: Capture | None) -> None:
+        if capture is None or capture is self._reported or not self._listeners:
+            return
+        self._reported = capture
+        flow = self._assemble(capture)
+        for listener in self._listeners:
+            listener(capture.step, flow)
+
     @property
     def flow(self) -> GradientFlow:
         """The gradient flow of the latest recorded training step that received gradient."""
@@ -217,6 +240,9 @@ class Recorder:
                 "record: no gradient was recorded; call loss.backward() inside the "
                 "`with record(model)` block, after a forward pass of the model (a model "
                 "without torch's recurrent modules marks its states with rnnscope.mark)")
+        return self._assemble(capture)
+
+    def _assemble(self, capture: Capture) -> GradientFlow:
         unreached = capture.unreached()
         if unreached:
             self.warn(f"unreached:{','.join(unreached)}", f"record: backward never reached "

@@ -29,6 +29,9 @@ import torch
 from rnnscope.files import atomic_target, json_safe, write_json, write_yaml
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+# The version of the format (docs/run-directory.md), written into summary.json: a reader
+# that meets a newer one knows the files may hold what it does not understand.
+FORMAT = 1
 CHECKPOINTS = "checkpoints"
 
 
@@ -116,7 +119,7 @@ class RunDirectory:
         return state
 
     def write_summary(self, summary: dict) -> None:
-        write_json(self.summary_path, summary)
+        write_json(self.summary_path, {"format": FORMAT, **summary})
 
     def close(self) -> None:
         if self._metrics is not None:

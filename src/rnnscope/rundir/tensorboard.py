@@ -45,32 +45,47 @@ class TensorBoardLog:
                 self.probes, self._stride = self.probes[::2], self._stride * 2
         self._seen += 1
 
-    def after_step(self, state) -> None:
-        step, scalars = state.step, state.scalars()
-        for key, value in scalars.items():
-            if value is not None:
-                self.writer.add_scalar(f"train/{key}", value, step)
-        if state.flow is not None:
-            self.latest = {"step": step, "flow": state.flow.to_dict()}
-            self._keep_probe(self.latest)
-        if state.flow is not None and state.diagnosis is not None:
-            self.writer.add_scalar("flow/reach", state.diagnosis.reach, step)
-            self.writer.add_scalar("flow/rate", state.diagnosis.rate, step)
-        for name, grad in state.grads.items():
-            if torch.isfinite(grad).all():
-                self.writer.add_histogram(f"grad/{name}", grad, step)
+    # what any writer of a run directory logs (the trainer, watch, Lightning)
 
-    def on_eval(self, evaluation) -> None:
-        self.writer.add_scalar("valid/loss", evaluation.loss, evaluation.step)
-        self.writer.add_scalar(f"valid/{evaluation.metric_name}", evaluation.metric,
-                               evaluation.step)
+    def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def probe(self, step: int, flow, diagnosis=None) -> None:
+        """One recording of the flow (a `GradientFlow`) and its diagnosis: the reach and
+        rate as scalars; kept for the images."""
+        self.latest = {"step": step, "flow": flow.to_dict()}
+        self._keep_probe(self.latest)
+        if diagnosis is not None:
+            self.writer.add_scalar("flow/reach", diagnosis.reach, step)
+            self.writer.add_scalar("flow/rate", diagnosis.rate, step)
+
+    def images(self, step: int) -> None:
+        """The latest flow profile and the heat map of every probe so far, as images at
+        `step` (drawn on a schedule, not at every probe: a figure costs ~0.1 s)."""
         if self.latest is not None:
             self.writer.add_figure("flow/profile", flow_profile_figure(
                 self.latest["flow"], title=f"{self.title}, step {self.latest['step']}"),
-                evaluation.step)
+                step)
         if self.probes:
             self.writer.add_figure("flow/heatmap", flow_heatmap_figure(
-                self.probes, title=self.title), evaluation.step)
+                self.probes, title=self.title), step)
+
+    # the trainer's events
+
+    def after_step(self, state) -> None:
+        self.scalars(state.step, state.scalars())
+        if state.flow is not None:
+            self.probe(state.step, state.flow, state.diagnosis)
+        for name, grad in state.grads.items():
+            if torch.isfinite(grad).all():
+                self.writer.add_histogram(f"grad/{name}", grad, state.step)
+
+    def on_eval(self, evaluation) -> None:
+        self.scalars(evaluation.step, {"loss": evaluation.loss,
+                                       evaluation.metric_name: evaluation.metric}, "valid")
+        self.images(evaluation.step)
 
     def close(self) -> None:
         self.writer.close()
