@@ -76,7 +76,8 @@ class RayRunner:
         self.gpus = 0.0 if gpus_per_run is None else _gpu_share(gpus_per_run)
 
     def describe(self) -> str:
-        where = f"the Ray cluster at {self.address}" if self.address else "Ray"
+        where = {None: "Ray", "auto": "a running Ray cluster"}.get(
+            self.address, f"the Ray cluster at {self.address}")
         share = f"{self.cpus} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
         return f"on {where}, {share} per run"
 
@@ -126,8 +127,11 @@ class RayRunner:
                                  f"the study file, or leave out --gpus-per-run")
 
     def _check_fits(self) -> None:
-        """A run larger than every node would wait for ever: refuse it now."""
+        """A run that no node can hold would wait for ever: refuse it now."""
         nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        if any(node.get("CPU", 0) >= self.cpus and node.get("GPU", 0) >= self.gpus
+               for node in nodes):
+            return
         cpus = max((node.get("CPU", 0) for node in nodes), default=0)
         gpus = max((node.get("GPU", 0) for node in nodes), default=0)
         if self.cpus > cpus:
@@ -139,6 +143,8 @@ class RayRunner:
                              f"node of the Ray cluster has {gpus:g}; accepted here: 0"
                              + (f"..{gpus:g}" if gpus else " (runs with run.device: auto "
                                 "then train on CPU)"))
+        raise ValueError(f"--cpus-per-run: no node of the Ray cluster has both {self.cpus} "
+                         f"CPUs and {self.gpus:g} GPU for one run; ask for fewer CPUs per run")
 
 
 class _Driver:
@@ -219,8 +225,9 @@ def _connect(address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError, TimeoutError,
             ray_errors.RayError) as error:
         raise ValueError(f"--address: cannot join a Ray cluster at {address or 'auto'} "
-                         f"({_first_line(error)}); start one with `ray start --head`"
-                         ) from None
+                         f"({_first_line(error)}); start one with `ray start --head`, and "
+                         f"where it wants a token, set RAY_AUTH_MODE=token here too "
+                         f"(docs/studies-on-ray.md)") from None
     return True
 
 
