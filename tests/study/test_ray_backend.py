@@ -67,7 +67,7 @@ def local_ray():
     """A local Ray of 2 CPUs for this module; the backend uses a Ray it finds running.
     Shutting it down leaves no Ray process behind (checked)."""
     before = _descendants(os.getpid())
-    ray.init(num_cpus=2, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, logging_level=logging.WARNING, log_to_driver=False)
     try:
         yield
     finally:

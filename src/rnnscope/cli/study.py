@@ -62,9 +62,9 @@ def register(subparsers) -> None:
                         "run a Ray task, on a local Ray or the cluster at --address "
                         "(pip install 'rnnscope[ray]')")
     parser.add_argument("--address", metavar="HOST:PORT",
-                        help="with --backend ray: the Ray head to join (as `ray start --head` "
-                        "printed it, or auto); default: RAY_ADDRESS, else a Ray started on "
-                        "this machine with `ray start`, else a new local Ray")
+                        help="with --backend ray: the Ray head to join, as `ray start --head` "
+                        "printed it, or auto (the latest `ray start` on this machine); "
+                        "default: RAY_ADDRESS, else a new local Ray for this study")
     parser.add_argument("--cpus-per-run", type=int, metavar="N",
                         help="with --backend ray: CPUs (and torch threads) per run (default 1)")
     parser.add_argument("--gpus-per-run", type=float, metavar="G",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -214,25 +215,40 @@ class _Driver:
 
 
 def _connect(address: str | None) -> bool:
-    """Join the cluster at `address` (None: RAY_ADDRESS, else the latest `ray start` on
-    this machine, else a new local Ray); True if this call started Ray in this process."""
-    if address not in (None, "auto"):
-        _probe(address)
+    """Join the cluster at `address` ("auto": the one in RAY_ADDRESS, else the latest
+    `ray start` on this machine); None: RAY_ADDRESS, else a new local Ray, never one
+    found lying around. True if this call connected, so the session disconnects."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    found = (os.environ.get("RAY_ADDRESS") or _latest_cluster()) if address == "auto" \
+        else address
+    if found not in (None, "auto", "local"):
+        _probe(found)
     if ray.is_initialized():  # the caller's (a notebook, the tests): used as it is
         return False
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address or "local", logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError,
             ray_errors.RayError) as error:
-        raise ValueError(f"--address: cannot join a Ray cluster at {address or 'auto'} "
+        raise ValueError(f"--address: cannot join a Ray cluster at {address} "
                          f"({_first_line(error)}); start one with `ray start --head`, and "
                          f"where it wants a token, set RAY_AUTH_MODE=token here too "
                          f"(docs/studies-on-ray.md)") from None
     return True
 
 
+def _latest_cluster() -> str | None:
+    """Where `--address auto` leads: the head that the latest `ray start` on this machine
+    wrote down (Ray's file; it stays behind when that Ray was killed, not stopped)."""
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # as Ray
+    try:
+        return (Path(temp) / "ray" / "ray_current_cluster").read_text(
+            encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def _probe(address: str) -> None:
-    """Ray waits for minutes for a head that is not there: knock once first."""
+    """Ray waits for many minutes for a head that is not there: knock once first."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), PROBE_SECONDS):
@@ -240,7 +256,8 @@ def _probe(address: str) -> None:
     except (OSError, ValueError) as error:
         raise ValueError(f"--address: nothing answers at {address} ({type(error).__name__}); "
                          f"give the head's HOST:PORT as `ray start --head` printed it (port "
-                         f"6379 by default), or auto") from None
+                         f"6379 by default); after a `ray start` that was killed, run "
+                         f"`ray stop`") from None
 
 
 def _checked_address(address) -> str:
