@@ -44,13 +44,18 @@ def study_data(seq_len: int, hidden: int, steps: int) -> dict:
 
 
 def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it, with its family and model numbers (a
+    virtual machine may name only the brand: "AMD EPYC")."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return (f"{fields.get('model name', platform.machine())} (family "
+            f"{fields.get('cpu family', '?')}, model {fields.get('model', '?')})")
 
 
 def results(rows) -> dict:

@@ -84,9 +84,10 @@ class RayRunner:
 
     @contextmanager
     def session(self, study: Study) -> Iterator[None]:
-        """Connected to the cluster (a local Ray started if there is none to join) and
-        checked that the runs fit it, before anything is written; a Ray this process
-        started is shut down at the end, one it found running is left running."""
+        """Connected to the cluster (without an address: a new local Ray) and checked
+        that the runs fit it, before anything is written; at the end this process
+        disconnects (a local Ray it started stops), and a Ray that the caller had
+        already initialised is left as it was."""
         self._check_devices(study)
         started = _connect(self.address)
         try:
