@@ -25,7 +25,7 @@ examples:
   rnnscope report studies/adding
 
   # on a Ray cluster (pip install 'rnnscope[ray]'): --out on a path every node sees
-  rnnscope study examples/adding-lengths.yaml --backend ray --address 10.0.0.5:6379 \
+  rnnscope study examples/adding-lengths.yaml --backend ray --address 10.0.0.5:6379 \\
       --out /shared/studies/adding
   # on a local Ray (started for the study, shut down after it), 2 CPUs per run
   rnnscope study examples/adding-lengths.yaml --backend ray --cpus-per-run 2
