@@ -68,6 +68,7 @@ class Recorder:
         self._finished: Capture | None = None  # the latest one that received gradient
         self._saved: list[tuple[nn.Module, object]] = []
         self._listeners: list[Callable[[int, GradientFlow], None]] = []
+        self._openers: list[Callable[[int, bool], None]] = []
         self._reported: Capture | None = None
         self._warned: set[str] = set()
         self.followed: list[nn.Module] = []  # the fused layers the engine runs
@@ -87,6 +88,11 @@ class Recorder:
             self._patch(module, self._cell(name, module.forward))
         _ACTIVE.append(self)
         return self
+
+    def on_step(self, listener: Callable[[int, bool], None]) -> None:
+        """Call `listener(step, recorded)` as each training step opens (its first
+        forward), before the model runs: `recorded` says whether the schedule records it."""
+        self._openers.append(listener)
 
     def on_recorded(self, listener: Callable[[int, GradientFlow], None]) -> None:
         """Call `listener(step, flow)` once for every recorded training step, when it is
@@ -187,6 +193,8 @@ class Recorder:
                 if due else None
             if due:
                 self.recorded_steps.append(self.step)
+            for listener in self._openers:
+                listener(self.step, due)
         return self._capture
 
     def _backward_done(self) -> None:

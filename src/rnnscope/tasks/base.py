@@ -39,6 +39,13 @@ class Task(ABC):
     # "every" (the mean over all steps), so truncated BPTT can split it by window.
     scored_steps: str = "last"
 
+    @property
+    def reach_needed(self) -> int | None:
+        """Steps back the gradient must carry for the task to be learnt, the span of its
+        longest dependency: the horizon the diagnosis holds the reach against. None where
+        the task does not fix one (language, real series, pixels)."""
+        return None
+
     def batch(self, batch_size: int, generator: torch.Generator,
               split: str = "train") -> tuple[Tensor, Tensor]:
         """(inputs [T, B, input_size], targets) of `batch_size` sequences of `split`, drawn

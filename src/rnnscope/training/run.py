@@ -209,7 +209,7 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
         evaluation = trainer.evaluate(shared=False)
     diagnosis = diagnose_trained(trainer.model, trainer.held_out,
                                  lr=trainer.schedule.lr(max(trainer.step - 1, 0)),
-                                 current=trainer.config.as_flags())
+                                 current=trainer.config.as_flags(), context=trainer.context())
     records = [r for r in run.read_metrics() if r["kind"] == "train"]
     final_loss = records[-1].get("loss") if records else None
     result = RunResult(

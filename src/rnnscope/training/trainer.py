@@ -28,9 +28,10 @@ import torch
 from torch import Tensor
 
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
-from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
-from rnnscope.flow.probes import grad_norms
+from rnnscope.flow.probes import grad_norms, update_ratio
+from rnnscope.flow.probes import snapshot as parameter_copies
 from rnnscope.remedies.clipping import Clipper, ClipResult
 from rnnscope.remedies.guard import Guard, TrainingDiverged
 from rnnscope.remedies.optim import LRSchedule, build_optimizer
@@ -61,11 +62,15 @@ class StepState:
     skip: bool = False  # set by the guard: no update this step
     action: str | None = None  # what the guard did: "skip" or "rollback"
     clip_rate: float = 0.0  # fraction of the run's steps so far that were clipped
+    update_ratio: float | None = None  # ||dtheta|| / ||theta|| of this update, when probed
 
     def scalars(self) -> dict[str, float]:
-        return {"loss": self.loss, "grad_norm": self.grad_norm,
-                "grad_norm_clipped": self.grad_norm_clipped, "lr": self.lr,
-                "clip_rate": self.clip_rate}
+        numbers = {"loss": self.loss, "grad_norm": self.grad_norm,
+                   "grad_norm_clipped": self.grad_norm_clipped, "lr": self.lr,
+                   "clip_rate": self.clip_rate}
+        if self.update_ratio is not None:
+            numbers["update_ratio"] = self.update_ratio
+        return numbers
 
 
 class Trainer:
@@ -100,6 +105,8 @@ class Trainer:
         self.step = 0  # updates done
         self.clipped_steps = 0
         self.evaluation: Evaluation | None = None
+        self.reach_history: list[int] = []  # the reach at each probe so far
+        self._last_update: float | None = None
         self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
         self.guard = Guard(config.guard, snapshot=self.snapshot, restore=self.restore,
                            scale_lr=self.schedule.scale_by)
@@ -144,8 +151,15 @@ class Trainer:
         self.fire("after_backward", state)
         self._clip(state, batch_loss)
         self.fire("before_step", state)  # the guard acts here
+        measured = probing and not state.skip  # a skipped step's zero update says nothing
+        before = parameter_copies(self.model) if measured else None
         if not state.skip:
             self.optimizer.step()
+        if measured:
+            state.update_ratio = self._last_update = float(update_ratio(
+                before, dict(self.model.named_parameters()))["update_ratio_total"])
+        if probing:
+            self._diagnose(state)
         self.step = step
         self.clipped_steps += state.clipped
         state.clip_rate = self.clipped_steps / step
@@ -172,7 +186,7 @@ class Trainer:
             self.model, inputs,
             lambda output, start, stop: self.dist.share(
                 self.task.window_loss(output, targets, start, stop, steps)),
-            window=self.config.bptt.window, record_flow=probing)
+            window=self.config.bptt.window, record_flow=probing, cell_state=True)
         # The ranks' gradients and losses add up to the global batch's (one process: as is).
         return result, self.dist.reduce_gradients(self.model.parameters(), result.loss)
 
@@ -181,13 +195,34 @@ class Trainer:
         clipping; gradient copies for histograms when asked."""
         if any(flow is not None for flow in result.flows):
             state.flow = self.dist.reduce_flow(join_flows(result.flows, result.windows))
-            state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags())
         norms = grad_norms(self.model)
         state.param_norms = dict(zip(norms, torch.stack(list(norms.values())).tolist(),
                                      strict=True))
         if self.config.probe.histograms:
             state.grads = {name: p.grad.detach().cpu() for name, p in
                            self.model.named_parameters() if p.grad is not None}
+
+    def _diagnose(self, state: StepState) -> None:
+        """The diagnosis of a probed step's flow, once its update is known: how far the
+        gradient reaches against the horizon the task needs, the window in force, the
+        size of the update and the reach at earlier probes."""
+        if state.flow is None:
+            return
+        state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags(),
+                                   context=self.context(state.update_ratio))
+        self.reach_history.append(state.diagnosis.reach)
+
+    def context(self, update: float | None = None) -> Context:
+        """What the diagnosis is told of this run besides a flow."""
+        evaluation = self.evaluation
+        return Context(horizon=self.task.reach_needed, window=self.config.bptt.window,
+                       solved=evaluation.solved if evaluation is not None else None,
+                       update_ratio=update if update is not None else self.last_update(),
+                       earlier_reach=tuple(self.reach_history[-8:]))
+
+    def last_update(self) -> float | None:
+        """The update ratio of the latest probed step."""
+        return self._last_update
 
     def _clip(self, state: StepState, batch_loss: Tensor) -> None:
         """Clip after the backward pass and before the update (nanoGPT's order), then read
@@ -230,6 +265,7 @@ class Trainer:
         """Everything a resumed run needs to continue exactly as if never stopped."""
         evaluation = self.evaluation.__dict__ if self.evaluation is not None else None
         return {"step": self.step, "clipped_steps": self.clipped_steps,
+                "reach_history": list(self.reach_history), "last_update": self._last_update,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
                 "guard": self.guard.state_dict(), "evaluation": evaluation,
@@ -239,6 +275,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.clipped_steps = state["step"], state["clipped_steps"]
+        self.reach_history = list(state.get("reach_history", []))  # checkpoints of before
+        self._last_update = state.get("last_update")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
