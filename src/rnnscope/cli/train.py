@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rnnscope.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from rnnscope.files import json_safe
+from rnnscope.files import WriteError, json_safe
 from rnnscope.training.config import SECTIONS, SHORTHANDS, ExperimentConfig
 
 EXAMPLES = """\
@@ -124,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"rnnscope: interrupted; continue with: rnnscope train --resume --out "
                   f"{config.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except WriteError as error:  # disk full mid-run: what was written up to the checkpoint
+        if main:                 # stands, so the run can go on from there
+            print(f"rnnscope: error: {error}; once there is room, continue with: rnnscope "
+                  f"train --resume --out {config.run_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RankFailed:
         return EXIT_BAD_INPUT  # the rank that failed has said why
     failed = result.status == "diverged"
@@ -131,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False))
     elif main:
         _print_summary(result)
+    if main:
+        for note in result.notes:
+            print(f"rnnscope: note: {note}", file=sys.stderr)
     if main and failed:
         print(f"rnnscope: training failed: {result.message}", file=sys.stderr)
     if not main:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnscope.checks import integer
+from rnnscope.checks import integer, seed
 from rnnscope.tasks import register_task
 from rnnscope.tasks.base import Task
 
@@ -37,7 +37,7 @@ class PixelClassification(Task):
                  permuted: bool, permutation_seed: int, classes: int) -> None:
         if mode not in MODES:
             raise ValueError(f"task.mode: unknown {mode!r}; accepted: {', '.join(MODES)}")
-        integer("task.permutation_seed", permutation_seed, 0)
+        seed("task.permutation_seed", permutation_seed)
         self.mode, self.permuted = mode, bool(permuted)
         height, width = images["train"].shape[1:]
         self.seq_len = height * width if mode == "pixel" else height
