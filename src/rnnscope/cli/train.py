@@ -156,8 +156,10 @@ def _print_summary(result) -> None:
     solved = "solved" if result.solved else "not solved"
     print(f"{result.run_dir.name}: {result.status} after {result.steps} steps in "
           f"{result.seconds:.1f} s")
-    print(f"  {result.metric_name} {result.metric:.4g} on held-out data (chance "
-          f"{result.baseline:.4g}): {solved}; last training loss {result.final_loss:.4g}")
+    against = ", ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in
+                        result.baselines.items()) or f"chance {result.baseline:.4g}"
+    print(f"  {result.metric_name} {result.metric:.4g} on held-out data ({against}): "
+          f"{solved}; last training loss {result.final_loss:.4g}")
     if result.diagnosis is not None:
         d = result.diagnosis
         print(f"  gradient flow: {d.verdict}, reach {d.reach}/{d.steps} steps, "

@@ -55,6 +55,7 @@ class RunResult:
     clip_rate: float = 0.0
     message: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. damaged metrics lines a resume left out
+    baselines: dict[str, float] = field(default_factory=dict)  # named naive forecasts, if any
 
     def to_dict(self) -> dict:
         diagnosis = self.diagnosis
@@ -68,6 +69,7 @@ class RunResult:
             "run_dir": str(self.run_dir), "seconds": round(self.seconds, 3),
             "rollbacks": self.rollbacks, "skipped": self.skipped,
             "clip_rate": self.clip_rate, "message": self.message, "notes": self.notes,
+            **({"baselines": self.baselines} if self.baselines else {}),
         }
 
 
@@ -266,7 +268,7 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
         run_dir=run.path, seconds=time.perf_counter() - started,
         rollbacks=trainer.guard.rollbacks, skipped=trainer.guard.skipped,
         clip_rate=trainer.clipped_steps / max(trainer.step, 1), message=message,
-        notes=list(notes or []))
+        notes=list(notes or []), baselines=dict(getattr(trainer.task, "baselines", {})))
     # What the report needs beyond the result: the task's threshold, the diagnosis in
     # words with every fix and its reason, and the Lyapunov spectrum of the trained model.
     run.write_summary({
