@@ -33,6 +33,9 @@ MAX_SEED = 2**32 - 1
 # is built from its settings, so 100 characters keeps paths readable and listings short.
 MAX_NAME = 100
 MAX_NAME_BYTES = 255
+# A study this large starts only once confirmed (`--yes`, or an answer at a terminal):
+# at a minute a run on two cores it keeps the machine busy for most of a day.
+CONFIRM_RUNS = 500
 
 
 def shown(value) -> str:
