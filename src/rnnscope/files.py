@@ -72,7 +72,10 @@ def make_directory(field: str, path: str | Path) -> list[Path]:
     last), so a caller that fails afterwards can remove them. A path that cannot be made
     is one ValueError line naming `field`, and leaves nothing behind."""
     path = Path(path)
-    blocked = blocking_file(path / "x")
+    try:
+        blocked = blocking_file(path / "x")
+    except OSError as error:  # a part of the path too long to look up
+        raise ValueError(f"{field}: cannot create {path} ({reason(error)})") from None
     if blocked is not None:
         raise ValueError(f"{field}: cannot create {path}: {blocked} is a file, not a "
                          f"directory")
@@ -109,14 +112,18 @@ def check_file_target(field: str, path: str | Path, *, ours=None) -> Path:
     except OSError as error:
         raise ValueError(f"{field}: cannot write {path} ({reason(error)})") from None
     if mode is not None and stat.S_ISDIR(mode):
-        raise ValueError(f"{field}: {path} is a directory; give a file name inside it")
+        raise ValueError(f"{field}: {path} is a directory; give the name of a file inside "
+                         f"it")
     if mode is not None and not stat.S_ISREG(mode):
         raise ValueError(f"{field}: {path} is {_kind(mode)}, not a regular file; rnnscope "
                          f"replaces only files it wrote: choose another name")
     if mode is not None and ours is not None and not ours(path):
         raise ValueError(f"{field}: {path} exists and was not written by rnnscope; move it "
                          f"away or choose another name")
-    blocked = blocking_file(path)
+    try:
+        blocked = blocking_file(path)
+    except OSError as error:
+        raise ValueError(f"{field}: cannot write {path} ({reason(error)})") from None
     if blocked is not None:
         raise ValueError(f"{field}: cannot write {path} ({blocked} is a file, not a "
                          f"directory)")

@@ -44,10 +44,6 @@ def check_report_target(path: str | Path) -> Path:
     """`path` as a place to write a report: a new file, or a report written before (a
     directory, a FIFO, a device or a file rnnscope did not write is refused in one line:
     writing the page replaces what is there)."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        raise ValueError(f"out: {path} is a directory; give a file name such as "
-                         f"{path / REPORT_FILE}")
     return check_file_target("out", path, ours=is_report)
 
 

@@ -62,16 +62,10 @@ class RunDirectory:
         """A new run directory holding `config.yaml`: `path` must not exist or be an empty
         directory. A failure (disk full, no permission) leaves nothing behind."""
         run = cls(path)
-        if run.path.exists() and not run.path.is_dir():
-            raise ValueError(f"out: {run.path} exists and is not a directory")
-        if run.config_path.exists():
-            raise ValueError(f"out: {run.path} already holds a run; continue it with --resume "
-                             f"or choose another --out")
-        if run.path.is_dir():
-            present = sorted(entry.name for entry in run.path.iterdir())
-            if present:  # the user's files: a run would overwrite or append to them
-                raise ValueError(f"out: {run.path} holds files that are not a run's (e.g. "
-                                 f"{present[0]}); choose a new or empty directory")
+        try:
+            run._check_new()
+        except OSError as error:  # a name too long, a directory we may not read
+            raise ValueError(f"out: cannot use {run.path} ({reason(error)})") from None
         created = make_directory("out", run.path)
         try:
             with atomic_target(run.config_path) as temporary:
@@ -80,6 +74,19 @@ class RunDirectory:
             remove_directories(created)
             raise ValueError(f"out: cannot write {run.config_path} ({reason(error)})") from None
         return run
+
+    def _check_new(self) -> None:
+        """Refuse a path that is a file, a run, or a directory of someone else's files."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"out: {self.path} exists and is not a directory")
+        if self.config_path.exists():
+            raise ValueError(f"out: {self.path} already holds a run; continue it with "
+                             f"--resume or choose another --out")
+        if self.path.is_dir():
+            present = sorted(entry.name for entry in self.path.iterdir())
+            if present:  # the user's files: a run would overwrite or append to them
+                raise ValueError(f"out: {self.path} holds files that are not a run's (e.g. "
+                                 f"{present[0]}); choose a new or empty directory")
 
     @classmethod
     def existing(cls, path: str | Path) -> RunDirectory:
