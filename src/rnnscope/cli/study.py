@@ -71,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from rnnscope.study.workers import WorkerDied, run_study
 
     workers("--workers", args.workers, force=args.force)
-    study = load_study(args.file)
+    study = load_study(args.file, confirm=lambda runs: _confirm_size(runs, args.yes))
     directory = args.out or Path("studies") / study.name
-    _confirm_size(len(study.runs), args.yes)
     talk = not (args.json or args.quiet)
     if talk:
         print(f"study {study.name}: {len(study.runs)} runs, {args.workers} worker(s), "
@@ -110,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _confirm_size(runs: int, yes: bool) -> None:
-    """A study of more than CONFIRM_RUNS runs starts once confirmed: --yes, or "y" at a
-    terminal; without a terminal it is refused (a script says --yes)."""
+    """A study of more than CONFIRM_RUNS runs (counted before exclusions) starts once
+    confirmed: --yes, or "y" at a terminal; without a terminal it is refused (a script
+    says --yes). Asked before the runs' configs are built, which takes a while."""
     if runs <= CONFIRM_RUNS or yes:
         return
     question = (f"study: {runs:,} runs, more than {CONFIRM_RUNS}; at a minute a run "

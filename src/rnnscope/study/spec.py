@@ -31,6 +31,7 @@ import itertools
 import math
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +67,10 @@ class Study:
     source: dict  # the study file's contents
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, confirm: Callable[[int], None] | None = None) -> Study:
     """Read and check a study file; every run's config is built, so a bad value anywhere
-    is one ValueError naming the run and the field before anything runs."""
+    is one ValueError naming the run and the field before anything runs. `confirm(n)`
+    is called with the number of combinations before they are built (it may refuse)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"study: {path} is not a file; expected a study YAML file")
@@ -77,10 +79,11 @@ def load_study(path: str | Path) -> Study:
         base_path = Path(data["base"]).expanduser()
         data = {**data, "base": read_yaml(base_path if base_path.is_absolute()
                                           else path.parent / base_path)}
-    return study_from_dict(data, default_name=path.stem)
+    return study_from_dict(data, default_name=path.stem, confirm=confirm)
 
 
-def study_from_dict(data: dict, default_name: str = "study") -> Study:
+def study_from_dict(data: dict, default_name: str = "study",
+                    confirm: Callable[[int], None] | None = None) -> Study:
     if not isinstance(data, dict):
         raise ValueError(f"study: expected a mapping with keys {', '.join(KEYS)}")
     unknown = sorted(set(data) - set(KEYS))
@@ -97,6 +100,8 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
     if combinations > MAX_RUNS:
         raise ValueError(f"study.grid: {combinations:,} combinations; at most {MAX_RUNS:,} "
                          f"(each run's config is built and checked before any runs)")
+    if confirm is not None:
+        confirm(combinations)
     runs, tasks = [], set()
     for variant in variants:
         runs += _variant_runs(base, variant, grid, exclude, tasks)
