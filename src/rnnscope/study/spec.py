@@ -90,10 +90,10 @@ def study_from_dict(data: dict, default_name: str = "study",
     if unknown:
         raise ValueError(f"study.{unknown[0]}: unknown key; accepted: {', '.join(KEYS)}")
     name = str(data.get("name") or default_name)
-    check_name("study.name", name)
-    if re.search(r"[^A-Za-z0-9._+-]", name):
+    if re.search(r"[^A-Za-z0-9._+-]", name) or name in (".", ".."):
         raise ValueError(f"study.name: letters, digits and . _ + - only (it names the study "
                          f"directory), got {shown(name)}")
+    check_name("study.name", name)  # and not too long for a directory name
     base = ExperimentConfig.from_dict(data.get("base") or {})
     grid, variants, exclude = _grid(data), _variants(data), _exclusions(data)
     combinations = len(variants) * math.prod(len(values) for values in grid.values())
