@@ -18,6 +18,7 @@ from rnnscope.models.cells import CELLS
 from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import TASKS, task_settings
 from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.run import build_error
 
 EXAMPLES = """\
 examples:
@@ -70,15 +71,18 @@ def run(args: argparse.Namespace) -> int:
     # Validate everything before touching --out, so bad input leaves nothing behind.
     _check_out(args.out)
     config = _config(args)
-    task = config.task.build()
-    torch.manual_seed(args.seed)
-    model = config.model.build(task.input_size, task.output_size)
-    config.init.apply(model)
+    try:
+        task = config.task.build()
+        torch.manual_seed(args.seed)
+        model = config.model.build(task.input_size, task.output_size)
+        config.init.apply(model)
+        inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(args.seed))
+    except (RuntimeError, MemoryError) as error:
+        raise build_error(error) from None
     if args.checkpoint is not None:
         _load_checkpoint(model, args.checkpoint)
 
     flush_denormal(True)  # see DESIGN.md: subnormals make CPU steps 10x slower
-    inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(args.seed))
     with record(model) as recorder:
         output, _ = model(inputs)
         loss = task.loss(output, targets)

@@ -28,6 +28,9 @@ examples:
   # then compare the runs side by side
   rnnscope report studies/adding
 
+  # more than 500 runs ask first; a script confirms with --yes
+  rnnscope study big-grid.yaml --workers 2 --yes
+
 A study file:
   name: adding-remedies
   base: {task: {name: adding, seq_len: 100}, run: {steps: 2000}}

@@ -36,8 +36,12 @@ examples:
   torchrun --nproc_per_node 2 -m rnnscope train --batch 64 --out runs/ddp
 
 Writes config.yaml, metrics.jsonl, summary.json, TensorBoard events and checkpoints/
-under --out (default runs/<task>-<cell>-<init>). Exit codes: 0 done, 1 training
-failed (the NaN guard gave up), 2 bad input, 130 interrupted (resume with --resume).
+under --out (default runs/<task>-<cell>-<init>): a new or empty directory, never one
+of other files. --resume keeps every good metrics line; damaged ones move to
+metrics.damaged, with a note. Limits: model.hidden x model.layers at most 100 million
+recurrent weights, run.seed 0..4294967295, run.name 100 characters, run.batch 2**20.
+Exit codes: 0 done, 1 training failed (the NaN guard gave up), 2 bad input (one line
+naming the field), 130 interrupted (resume with --resume).
 """
 
 # Help for the shorthand flags; which field each sets is training.config.SHORTHANDS.

@@ -82,7 +82,15 @@ def data_path(path: str | os.PathLike, what: str = "a file") -> Path:
         raise ValueError(f"task.path: must name {what}, got {shown(path)}")
     if "\0" in str(path):
         raise ValueError(f"task.path: must name {what}, got a path with a NUL byte")
-    return Path(path).expanduser()
+    expanded = Path(path).expanduser()
+    try:
+        expanded.stat()
+    except FileNotFoundError:
+        pass  # the caller says "no such file" in its own words
+    except OSError as error:  # a name too long, a directory we may not enter
+        raise ValueError(f"task.path: cannot open {shown(str(path))} "
+                         f"({error.strerror or error})") from None
+    return expanded
 
 
 def read_utf8(path: str | os.PathLike) -> tuple[Path, str]:

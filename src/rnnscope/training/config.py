@@ -38,6 +38,9 @@ from rnnscope.tasks import TaskConfig
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")  # of the weights and the data
+# A million sequences a step is past any use here; larger is a typo (and torch's sizes
+# overflow at 2**63).
+MAX_BATCH = 2**20
 PATH_MAX = 4096  # bytes in a path on Linux: a longer run.out could never be created
 
 
@@ -63,7 +66,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         integer("run.steps", self.steps, 1)
-        integer("run.batch", self.batch, 1)
+        integer("run.batch", self.batch, 1, MAX_BATCH)
         seed("run.seed", self.seed)
         integer("run.eval_every", self.eval_every, 0)
         integer("run.eval_batches", self.eval_batches, 1)

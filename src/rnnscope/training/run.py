@@ -134,7 +134,7 @@ def _prepare(config: ExperimentConfig, path: Path, resume: bool,
         try:
             trainer = Trainer(config, group)  # builds the task, model and optimiser: may raise
         except (RuntimeError, MemoryError) as failure:
-            raise _memory_error(failure) from None
+            raise build_error(failure) from None
         if resume:
             run = RunDirectory.existing(path)
             checkpoint = run.load_checkpoint("last")  # None: stopped before the first one
@@ -151,16 +151,19 @@ def _prepare(config: ExperimentConfig, path: Path, resume: bool,
     return trainer, run, checkpoint, notes
 
 
-def _memory_error(error: BaseException) -> BaseException:
-    """A failed allocation while building the task, model and held-out data, as one line
-    naming the settings that size them; any other error as it is."""
-    text = str(error)
-    if not (isinstance(error, MemoryError) or "alloc" in text or "out of memory" in text):
-        return error
-    asked = re.search(r"allocate (\d+) bytes", text)
-    size = f" ({int(asked.group(1)) / 1e9:.3g} GB asked)" if asked else ""
-    return ValueError(f"memory: cannot allocate the task's data and the model{size}; choose "
-                      f"a smaller run.batch, task.seq_len, model.hidden or model.layers")
+def build_error(error: BaseException) -> ValueError:
+    """torch failing to build the task's data, the model or the held-out batches (an
+    allocation too large, a size past int64) as one line naming the settings that size
+    them."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    sizes = "run.batch, task.seq_len, model.hidden or model.layers"
+    if isinstance(error, MemoryError) or "alloc" in text or "out of memory" in text:
+        asked = re.search(r"allocate (\d+) bytes", text)
+        size = f" ({int(asked.group(1)) / 1e9:.3g} GB asked)" if asked else ""
+        return ValueError(f"memory: cannot allocate the task's data and the model{size}; "
+                          f"choose a smaller {sizes}")
+    return ValueError(f"task: cannot build the data and the model ({text[:200]}); check "
+                      f"{sizes}")
 
 
 def _fit(trainer: Trainer, metrics: MetricsLog | None,
@@ -282,4 +285,4 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
     return result
 
 
-__all__ = ["RunResult", "STATUSES", "train"]
+__all__ = ["RunResult", "STATUSES", "build_error", "train"]
