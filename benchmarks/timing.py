@@ -1,10 +1,14 @@
-"""Shared by the benchmarks: the median time of a piece of work."""
+"""Shared by the benchmarks: the median time of a piece of work, and the machine it ran on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+
+import torch
 
 
 def median_time(work: Callable[[], object], repeats: int) -> float:
@@ -17,3 +21,17 @@ def median_time(work: Callable[[], object], repeats: int) -> float:
         work()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def machine() -> str:
+    """The CPU model, cores and torch's threads: speed depends on them (an Intel Xeon pays
+    for subnormal floats where an AMD EPYC did not), so every table names them."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads")

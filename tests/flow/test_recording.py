@@ -166,19 +166,33 @@ def test_model_is_untouched_outside_the_block_and_after_an_error():
     assert rec.calls["rnn"] == 1  # the call after the block went to torch, not the recorder
 
 
-def test_every_n_records_only_every_nth_call():
+def test_every_n_records_the_first_training_step_and_every_nth():
     torch.manual_seed(0)
     model = Model(Recurrent("gru", 3, 4, dtype=torch.float64), "last")
-    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    inputs = [torch.randn(6, 2, 3, dtype=torch.float64) for _ in range(7)]
+    flows = []
     with record(model, every=3) as rec:
-        recorded = []
-        for _ in range(7):
+        for x in inputs:
             model.zero_grad()
             model(x).backward()
-            recorded.append(rec.captures.get("rnn"))
-    distinct = [c for i, c in enumerate(recorded) if i == 0 or c is not recorded[i - 1]]
-    assert len(distinct) == 3  # calls 0, 3 and 6
-    assert rec.calls["rnn"] == 7
+            flows.append(rec.flow.norms)
+    assert rec.recorded_steps == [1, 3, 6] and rec.calls["rnn"] == 7
+    for step, norms in enumerate(flows, 1):  # read after each step: the latest recorded one
+        latest = max(s for s in rec.recorded_steps if s <= step)
+        _, expected, _ = reference_norms(model, "gru", inputs[latest - 1], [6, 6])
+        torch.testing.assert_close(norms, expected, rtol=1e-10, atol=0)
+
+
+def test_every_counts_backward_passes_not_forward_calls():
+    """A model that calls its GRU twice per step (two rows) records steps 1, 2 and 4 of 5."""
+    torch.manual_seed(0)
+    gru = nn.GRU(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with record(gru, every=2) as rec:
+        for _ in range(5):
+            (gru(x)[0].sum() + gru(x)[0].pow(2).sum()).backward()
+    assert rec.calls[""] == 10 and rec.recorded_steps == [1, 2, 4]
+    assert rec.flow.layers == ["l0", "#2.l0"]
 
 
 def test_gradients_of_several_backward_passes_add_up():
@@ -225,11 +239,6 @@ def test_a_recorder_cannot_be_entered_twice():
     assert "forward" not in model.__dict__
 
 
-def test_lstm_projections_are_refused_by_name():
-    with pytest.raises(ValueError, match="^proj_size"):
-        record(nn.LSTM(3, 4, proj_size=2))
-
-
 def test_nested_layers_of_both_kinds_and_per_sample_norms():
     torch.manual_seed(0)
     encoder = nn.GRU(3, 4, dtype=torch.float64)
@@ -255,8 +264,12 @@ def test_nonfinite_gradients_are_counted():
 
 
 def test_errors_are_clear():
-    with pytest.raises(ValueError, match="^model: no recurrent layer"):
-        record(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="^model: expected an nn.Module, got str"):
+        record("lstm")
+    linear = nn.Linear(2, 2)  # nothing recurrent: a hand-written loop would mark its states
+    with pytest.raises(RuntimeError, match="rnnscope.mark"), record(linear) as rec:
+        linear(torch.randn(3, 2)).sum().backward()
+        rec.flow  # noqa: B018
     with pytest.raises(ValueError, match="^every:"):
         record(nn.LSTM(2, 2), every=0)
     with pytest.raises(RuntimeError, match="backward"), record(nn.LSTM(2, 2)) as rec:

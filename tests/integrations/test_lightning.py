@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import json
 import subprocess
 import sys
 import warnings
@@ -29,6 +30,7 @@ from rnnscope.integrations.lightning import (
     split_batch,
     truncated_bptt_step,
 )
+from rnnscope.report.render import render_report
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*",
@@ -252,6 +254,26 @@ def test_amp_overflow_is_logged_and_training_goes_on(tmp_path, accumulate):
     assert VERDICTS.index("nonfinite") not in [m.get("rnnscope/verdict") for m in records]
     assert callback.last_diagnosis.verdict != "nonfinite"
     assert run.precision_plugin.scaler.get_scale() == 2.0**15
+
+
+def test_callback_with_out_writes_a_run_directory_the_report_renders(tmp_path):
+    module = TinyLSTM()
+    callback = GradientFlowCallback(every=2, out=tmp_path / "lightning-run")
+    fit(tmp_path, module, callback, max_steps=6)
+    run = tmp_path / "lightning-run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    probes = [line for line in lines if "flow" in line]
+    losses = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in probes] == [0, 1, 3, 5]  # batches 1, 2, 4, 6 (0-based)
+    assert [line["step"] for line in losses] == list(range(6))
+    assert probes[-1]["flow"]["norms"][0] == pytest.approx(
+        callback.last_flow.norms[0].tolist(), rel=1e-12)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["source"] == "lightning"
+    assert summary["probes"] == 4 and summary["steps"] == 6
+    assert summary["diagnosis"]["verdict"] == callback.last_diagnosis.verdict
+    report = render_report(run)
+    assert report.figures >= 2 and "Gradient flow over training" in report.html
 
 
 def test_callback_refuses_a_module_without_recurrent_layers(tmp_path):

@@ -274,9 +274,21 @@ def test_model_without_recurrent_layer():
         init_(nn.Sequential(nn.Linear(3, 3), nn.Tanh()), "orthogonal")
 
 
-def test_lstm_projection_rejected():
-    with pytest.raises(ValueError, match="proj_size"):
-        init_(nn.LSTM(4, 8, proj_size=3), "orthogonal")
+def test_lstm_projections_take_every_lstm_scheme():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 8, num_layers=2, proj_size=3)
+    init_(lstm, "spectral", radius=0.5)
+    for layer in range(2):  # the map of h_{t-1} onto each gate: W_hh block @ W_hr
+        w_hh, w_hr = getattr(lstm, f"weight_hh_l{layer}"), getattr(lstm, f"weight_hr_l{layer}")
+        for block in w_hh.detach().chunk(4):
+            radius = torch.linalg.eigvals((block @ w_hr.detach()).double()).abs().max()
+            assert radius.item() == pytest.approx(0.5, rel=1e-6)
+    init_(lstm, "xavier_uniform")
+    bound = (6 / (3 + 8)) ** 0.5  # W_hr: fan_in 8, fan_out 3
+    assert lstm.weight_hr_l0.abs().max() <= bound and lstm.bias_hh_l0.abs().max() == 0
+    init_(lstm, "chrono", t_max=30)
+    forget = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()[8:16]
+    assert ((forget >= 0) & (forget <= math.log(29) + 1e-6)).all()
 
 
 class Nested(nn.Module):

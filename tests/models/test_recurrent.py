@@ -228,7 +228,9 @@ def test_outputs_for_all_cells_and_nested_models_are_found():
         (lambda: Recurrent("lstm", 2, -1), "hidden_size"),
         (lambda: Recurrent("lstm", 2, 3, num_layers=0), "num_layers"),
         (lambda: Recurrent("lstm", 2, 3, dropout=1.5), "dropout"),
-        (lambda: from_torch(nn.LSTM(2, 4, proj_size=2)), "proj_size"),
+        (lambda: Recurrent("gru", 2, 4, proj_size=2), "proj_size"),
+        (lambda: Recurrent("lstm", 2, 4, proj_size=4), "proj_size"),  # torch: < hidden
+        (lambda: Recurrent("lstm", 2, 4, proj_size=-1), "proj_size"),
     ],
 )
 def test_bad_configuration_names_the_field(build, field):

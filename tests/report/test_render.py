@@ -90,7 +90,7 @@ def test_run_with_missing_files_still_renders_with_notes(run_dir, tmp_path):
     assert report.figures == 1  # the Lyapunov spectrum, from summary.json
     assert 'Gradient flow over training: log10 ||dL/dh_t|| by steps back (x) and training ' \
            'step (y) skipped: needs gradient-flow lines' in report.html
-    assert "skipped: needs metrics.jsonl" in report.html
+    assert "skipped: needs losses in metrics.jsonl" in report.html
     (damaged / "summary.json").unlink()
     bare = render_report(damaged)
     assert bare.figures == 0 and "The result skipped: needs summary.json" in bare.html

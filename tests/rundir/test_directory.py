@@ -64,4 +64,5 @@ def test_checkpoints_are_atomic_finite_and_read_as_tensors_only(tmp_path):
 def test_summary_is_strict_json(tmp_path):
     run = RunDirectory.create(tmp_path / "run", {})
     run.write_summary({"final_loss": math.inf, "steps": 2})
-    assert json.loads(run.summary_path.read_text()) == {"final_loss": None, "steps": 2}
+    assert json.loads(run.summary_path.read_text()) == {"format": 1, "final_loss": None,
+                                                        "steps": 2}

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnscope.checks import integer
-from rnnscope.flow.recording import GradientFlow, record
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.recording import record
 
 # loss_fn(output_of_window, start, stop) -> scalar loss of that window, or None when the
 # window carries no loss (e.g. the adding problem scores only the last step).
@@ -118,4 +119,4 @@ def join_flows(flows: list[GradientFlow | None], windows: list[tuple[int, int]])
         nonfinite=sum(flow.nonfinite for flow in recorded),
         subnormal_fraction=sum(f.subnormal_fraction * f.norms.numel() for f in recorded) / total,
         underflow_fraction=sum(f.underflow_fraction * f.norms.numel() for f in recorded) / total,
-    )
+        states=first.states)

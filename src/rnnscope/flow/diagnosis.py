@@ -26,8 +26,8 @@ from torch import Tensor
 
 from rnnscope.flow import dynamics
 from rnnscope.flow.fixes import Fix, rank_fixes
-from rnnscope.flow.recording import GradientFlow, Recorder
-from rnnscope.models.recurrent import cell_name
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.recording import Recorder
 
 REACH_THRESHOLD = 1e-3  # "reached" while within this fraction of the largest norm
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
@@ -48,8 +48,18 @@ class Diagnosis:
             "verdict": self.verdict, "reach": self.reach, "rate": self.rate,
             "steps": self.steps, "evidence": dict(self.evidence),
             "fixes": [{"remedy": f.remedy, "why": f.why, "change": dict(f.change),
-                       "cli": f.cli} for f in self.fixes],
+                       "cli": f.cli, "code": f.code} for f in self.fixes],
         }
+
+    def report_fields(self) -> dict:
+        """What a run directory's summary.json keeps of a diagnosis (the report reads it):
+        the verdict with the fixes' flags, the evidence, the summary in words, and every
+        fix with its reason, flags and code."""
+        return {"diagnosis": {"verdict": self.verdict, "reach": self.reach, "rate": self.rate,
+                              "fixes": [fix.cli for fix in self.fixes]},
+                "evidence": dict(self.evidence), "explanation": self.summary(),
+                "fix_details": [{"remedy": f.remedy, "why": f.why, "cli": f.cli,
+                                 "code": f.code} for f in self.fixes]}
 
     def __str__(self) -> str:
         lines = [f"verdict: {self.verdict}", f"  {self.summary()}", "evidence:"]
@@ -59,6 +69,7 @@ class Diagnosis:
             for rank, fix in enumerate(self.fixes, 1):
                 lines.append(f"  {rank}. {fix.remedy}: {fix.cli}")
                 lines.append(f"     {fix.why}")
+                lines += [f"       {line}" for line in fix.code.splitlines()]
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -96,7 +107,9 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
             f"rec_or_flow: expected a Recorder or GradientFlow, got {type(flow).__name__}"
         )
     profiles = flow.steps_back()
-    forward_rows = [row for row, rev in zip(profiles, flow.reverse, strict=True) if not rev]
+    # The hidden outputs of the forward direction: where the loss enters at the end.
+    forward_rows = [row for row, rev, state in zip(profiles, flow.reverse, flow.states,
+                                                   strict=True) if not rev and state == "h"]
     stats = [_profile_stats(row) for row in forward_rows]
     best = max(stats, key=lambda s: s.reach)  # the layer that carries gradient furthest
     nonfinite = flow.nonfinite + _nonfinite_norms(flow.norms)
@@ -105,7 +118,9 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     current = dict(current or {})
     cell = current.get("cell")
     if recorder is not None:
-        cell = evidence["cell"] = cell_name(recorder.layers[0][1])
+        cell = recorder.cell() or cell
+        if cell is not None:
+            evidence["cell"] = cell
         evidence.update(_model_evidence(recorder))
     fixes = rank_fixes(verdict, cell=cell, steps=flow.steps, reach=best.reach,
                        growth=float(evidence["growth"]),
@@ -190,16 +205,20 @@ def _model_evidence(recorder: Recorder) -> dict[str, float]:
         total = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
         evidence["grad_norm_total"] = float(total)
-    name, module = recorder.layers[0]
+    fused = [(name, module) for name, module in recorder.layers if module in
+             recorder.followed]
+    if not fused:  # cells and marked states: no W_hh of a layer to measure
+        return evidence
+    name, module = fused[0]
     radii = dynamics.spectral_radius(module)
     if radii:
         evidence["spectral_radius_max"] = max(radii.values())
-    capture = recorder.captures.get(name)
-    if capture is not None and isinstance(capture.input, Tensor):
+    recorded = recorder.input_of(name)
+    if isinstance(recorded, Tensor):
         # A few sequences, and for large states the first steps only, estimate the top
         # exponent within the Jacobians' budget.
-        inputs = capture.input if capture.input.dim() == 3 else capture.input.unsqueeze(1)
-        if module.batch_first and capture.input.dim() == 3:
+        inputs = recorded if recorded.dim() == 3 else recorded.unsqueeze(1)
+        if module.batch_first and recorded.dim() == 3:
             inputs = inputs.transpose(0, 1)
         samples = min(dynamics.LYAPUNOV_SAMPLES, inputs.shape[1])
         steps = dynamics.lyapunov_steps(module, samples, inputs.shape[0])

@@ -25,10 +25,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rnnscope.models.cells import CELLS, CellSpec, LayerWeights, State, layer_weights
-from rnnscope.models.init import gate_blocks, matrix_spectral_radius
+from rnnscope.models.cells import (
+    CELLS,
+    CellSpec,
+    LayerWeights,
+    Recurrence,
+    State,
+    layer_weights,
+    output_size,
+)
+from rnnscope.models.init import matrix_spectral_radius, recurrence_blocks
 from rnnscope.models.recurrent import cell_name, require_recurrent
-from rnnscope.models.unrolled import project, run_layers, scan
+from rnnscope.models.unrolled import initial_state, project, run_layers, scan
 
 # Step Jacobians cost T x B x S^2 numbers: an estimate along a long sequence, or of a
 # large state, takes the first steps that fit this many entries (256 MB in float64).
@@ -44,7 +52,8 @@ def step_jacobians(module: nn.Module, x: Tensor, state=None, *, layer: int = 0,
     holding one (the first found is used). `x` and `state` follow the module's own
     conventions ([T, B, I], [B, T, I] with batch_first, [T, I] unbatched; h_0 or
     (h_0, c_0)). Returns [T, B, S, S], time-major, rows the new state and columns
-    the previous one; S = H, or 2H for LSTM with the state ordered (h, c). An
+    the previous one; S = H, or 2H for LSTM with the state ordered (h, c) (P + H with
+    a projection of size P). An
     unbatched x gives B = 1; x is cast to the parameters' dtype. Dropout between
     layers is not applied: this is the Jacobian of the deterministic (eval-mode) map.
     """
@@ -56,15 +65,16 @@ def step_jacobians(module: nn.Module, x: Tensor, state=None, *, layer: int = 0,
         active = [data.shape[1]] * data.shape[0]
         layer_input, _ = run_layers(spec, recurrent, data, initial, active, packed=False,
                                     training=False, layers=layer)
-        projected, w_hh_t, step_bias = project(spec, weights, layer_input)
-        step_bias = None if step_bias is None else step_bias.detach()
+        projected, recurrence = project(spec, weights, layer_input)
+        recurrence = Recurrence(*(None if w is None else w.detach() for w in (
+            recurrence.w_hh_t, recurrence.bias, recurrence.w_hr_t)))
         previous = _previous_states(spec, projected, _start(initial, recurrent, layer, direction),
-                                    w_hh_t, step_bias, active, reverse=direction == 1)
+                                    recurrence, active, reverse=direction == 1)
     steps, batch, size = previous.shape
-    hidden = recurrent.hidden_size
+    parts = [output_size(recurrent), recurrent.hidden_size][: len(initial)]
 
     def step(gi: Tensor, s: Tensor) -> Tensor:
-        return torch.cat(spec.step(gi, s.split(hidden, dim=1), w_hh_t, step_bias), dim=1)
+        return torch.cat(spec.step(gi, s.split(parts, dim=1), recurrence), dim=1)
 
     jacobians = _row_jacobians(step, projected.reshape(steps * batch, -1),
                                previous.reshape(steps * batch, size))
@@ -113,7 +123,7 @@ def spectral_radius(module: nn.Module) -> dict[str, float]:
     radii = {}
     for weights in layer_weights(recurrent):
         key = f"l{weights.layer}" + ("_reverse" if weights.direction else "")
-        blocks = gate_blocks(weights.weight_hh, spec)
+        blocks = recurrence_blocks(weights, spec)
         for gate, block in zip(spec.gate_names, blocks, strict=True):
             radii[key if spec.gates == 1 else f"{key}/{gate}"] = matrix_spectral_radius(block)
     return radii
@@ -185,7 +195,7 @@ def _weights(recurrent: nn.Module, layer: int, direction: int) -> LayerWeights:
 
 
 def _prepare(recurrent: nn.Module, spec: CellSpec, x, state) -> tuple[Tensor, State]:
-    """x as [T, B, I] and the initial state as a tuple of [layers * directions, B, H]."""
+    """x as [T, B, I] and the initial state as a tuple of [layers * directions, B, size]."""
     reference = recurrent.weight_hh_l0
     if not isinstance(x, Tensor) or x.dim() not in (2, 3) or x.shape[-1] != recurrent.input_size:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -196,17 +206,15 @@ def _prepare(recurrent: nn.Module, spec: CellSpec, x, state) -> tuple[Tensor, St
     unbatched = x.dim() == 2
     data = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if recurrent.batch_first else x)
     data = data.detach().to(device=reference.device, dtype=reference.dtype)
-    layers = recurrent.num_layers * (2 if recurrent.bidirectional else 1)
-    shape = (layers, data.shape[1], recurrent.hidden_size)
-    if state is None:
-        return data, (reference.new_zeros(shape),) * (2 if spec.has_cell_state else 1)
-    parts = tuple(state) if spec.has_cell_state else (state,)
-    expected = (layers, recurrent.hidden_size) if unbatched else shape
-    if len(parts) != (2 if spec.has_cell_state else 1) or any(
-            not isinstance(p, Tensor) or tuple(p.shape) != expected for p in parts):
-        form = "(h_0, c_0), each" if spec.has_cell_state else "h_0"
-        raise ValueError(f"state: expected {form} of shape {expected}")
-    return data, tuple((p.unsqueeze(1) if unbatched else p).detach().to(data) for p in parts)
+    if state is not None:  # a measurement: detached, in the parameters' dtype
+        state = tuple(_detached(p, data) for p in state) if spec.has_cell_state \
+            else _detached(state, data)
+    return data, initial_state(spec, recurrent, state, data.shape[1], unbatched, None,
+                               reference)
+
+
+def _detached(part, like: Tensor):
+    return part.detach().to(like) if isinstance(part, Tensor) else part
 
 
 def _start(initial: State, recurrent: nn.Module, layer: int, direction: int) -> State:
@@ -214,12 +222,12 @@ def _start(initial: State, recurrent: nn.Module, layer: int, direction: int) -> 
     return tuple(s[index] for s in initial)
 
 
-def _previous_states(spec: CellSpec, projected: Tensor, start: State, w_hh_t: Tensor,
-                     step_bias: Tensor | None, active: list[int], *, reverse: bool) -> Tensor:
+def _previous_states(spec: CellSpec, projected: Tensor, start: State, recurrence: Recurrence,
+                     active: list[int], *, reverse: bool) -> Tensor:
     """[T, B, S]: the state each step starts from (index t: the step reading x_t), (h, c)
     concatenated for LSTM, from one run of the engine's scan."""
     produced: dict[int, Tensor] = {}
-    scan(spec, projected, start, w_hh_t, step_bias, active, reverse=reverse, packed=False,
+    scan(spec, projected, start, recurrence, active, reverse=reverse, packed=False,
          observe=lambda t, state: produced.__setitem__(t, torch.cat(state, dim=-1)))
     previous: list[Tensor] = [None] * len(active)  # type: ignore[list-item]
     before = torch.cat(start, dim=-1)
@@ -229,8 +237,10 @@ def _previous_states(spec: CellSpec, projected: Tensor, start: State, w_hh_t: Te
 
 
 def state_size(module: nn.Module) -> int:
-    """S: what the recurrence carries per sequence, H (2H for an LSTM's (h, c))."""
-    return module.hidden_size * (2 if CELLS[cell_name(module)].has_cell_state else 1)
+    """S: what the recurrence carries per sequence: H, or for an LSTM (h, c), 2H (P + H
+    with a projection of size P)."""
+    cell_state = CELLS[cell_name(module)].has_cell_state
+    return output_size(module) + (module.hidden_size if cell_state else 0)
 
 
 def lyapunov_steps(module: nn.Module, sequences: int, steps: int) -> int:

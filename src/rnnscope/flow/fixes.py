@@ -1,14 +1,18 @@
-"""The remedies of the seeds, ranked for a verdict: what to change, why, and the flags.
+"""The remedies of the seeds, ranked for a verdict: what to change, why, and how.
 
-`rank_fixes(verdict, ...)` returns `Fix`es most effective first; each carries the
-exact command-line change that applies it (DESIGN.md's CLI flags), so a user of the
-trainer can copy it, and the diagnosis can leave out a fix already in force.
+`rank_fixes(verdict, ...)` returns `Fix`es most effective first. Each carries the exact
+command-line change that applies it to rnnscope's trainer (DESIGN.md's CLI flags; the
+diagnosis leaves out a fix already in force) and, as `code`, the Python that applies the
+same remedy to the user's own model and training loop (`model`, `optimizer` and, for
+clipping, the place between `loss.backward()` and `optimizer.step()`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from rnnscope.models.init import parse_init_spec
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,72 @@ class Fix:
     @property
     def cli(self) -> str:
         return " ".join(f"--{flag}={value}" for flag, value in self.change.items())
+
+    @property
+    def code(self) -> str:
+        """Python applying the same change to your own model and loop (see the module)."""
+        return "\n".join(line for flag, value in self.change.items()
+                         for line in _CODE[flag](value))
+
+
+def _swap(cell: str) -> list[str]:
+    return [f'print(rnnscope.swap_cell(model, "{cell}"))  # fresh {cell} layers, same sizes',
+            "optimizer = type(optimizer)(model.parameters(), **optimizer.defaults)  # new "
+            "parameters"]
+
+
+def _init(spec: str) -> list[str]:
+    scheme, arguments = parse_init_spec(spec)
+    given = "".join(f", {key}={value!r}" for key, value in arguments.items())
+    return [f'rnnscope.init_(model, "{scheme}"{given})']
+
+
+def _clip(spec: str) -> list[str]:
+    method, _, threshold = spec.partition(":")
+    keyword = {"norm": "max_norm", "value": "clip_value", "param_norm": "max_norm",
+               "agc": "clipping", "autoclip": "percentile"}.get(method, "max_norm")
+    if method == "autoclip":  # its history of norms lives across steps
+        return ["history = rnnscope.remedies.clipping.NormHistory()  # once, before the loop",
+                f'rnnscope.clip_grad(model.parameters(), "autoclip", percentile={threshold}, '
+                "history=history)  # after backward(), before step()"]
+    return [f'rnnscope.clip_grad(model.parameters(), "{method}", {keyword}={threshold})'
+            "  # after loss.backward(), before optimizer.step()"]
+
+
+def _optimizer_setting(key: str):
+    def lines(value: str) -> list[str]:
+        try:
+            assignment = f'group["{key}"] = {float(value)!r}'
+        except ValueError:  # "<a tenth of the current>": the rate in force is not known
+            assignment = f'group["{key}"] /= 10'
+        return ["for group in optimizer.param_groups:  # from the next step on",
+                f"    {assignment}"]
+    return lines
+
+
+def _guard(policy: str) -> list[str]:
+    return ["# in the loop, after loss.backward(): skip a step whose gradient is not finite",
+            "if not all(p.grad.isfinite().all() for p in model.parameters()",
+            "           if p.grad is not None):",
+            "    optimizer.zero_grad()  # the update would spread NaN into every weight",
+            "    continue",
+            "for group in optimizer.param_groups:  # and take smaller steps from now on",
+            '    group["lr"] *= 0.5']
+
+
+def _window(window: str) -> list[str]:
+    return [f"# truncated BPTT: windows of {window} steps, the state carried and detached",
+            "state = None",
+            f"for start in range(0, inputs.shape[0], {window}):",
+            f"    output, state = model(inputs[start:start + {window}], state)",
+            f"    criterion(output, targets[start:start + {window}]).backward()",
+            "    state = rnnscope.flow.bptt.detach_state(state)",
+            "optimizer.step()"]
+
+
+_CODE = {"cell": _swap, "init": _init, "clip": _clip, "lr": _optimizer_setting("lr"),
+         "optim.weight_decay": _optimizer_setting("weight_decay"), "guard": _guard,
+         "bptt.window": _window}
 
 
 def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth: float,

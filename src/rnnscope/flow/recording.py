@@ -1,260 +1,295 @@
-"""record(): see dL/dh_t for every recurrent layer and time step, in the user's own backward.
+"""record(): see dL/dh_t for every recurrent state and time step, in the user's own backward.
 
     with rnnscope.record(model) as rec:
         loss = criterion(model(x), y)
         loss.backward()
-    rec.flow.norms        # [rows, T]: batch-mean ||dL/dh_t|| per layer (and direction)
+    rec.flow.norms        # [rows, T]: batch-mean ||dL/dh_t|| per recorded state
 
-Inside the block every recurrent layer of `model` (torch's `nn.RNN`/`nn.LSTM`/
-`nn.GRU` and rnnscope's `Recurrent`, nested anywhere) runs through the unrolled
-engine with its own parameters. Each hidden output h_t gets a tensor hook; in
-the backward pass the user already runs, autograd hands that hook the total
-dL/dh_t (through the next step and the layer above alike). The hooks only keep
-references; norms are computed once, when `rec.flow` is read, so there is no
-second backward and no host sync per step. Gradients of several backward passes
-through the same forward add up, as parameter gradients do. Forward passes
-under `torch.no_grad()` run torch's own kernels and are not counted.
-Outside the block (and after an exception inside it) the model is untouched.
+What it follows inside the block, found anywhere in `model`:
+- fused layers (torch's `nn.RNN`/`nn.LSTM`/`nn.GRU`, projections included, and rnnscope's
+  `Recurrent`) run through the unrolled engine with their own parameters, a row per layer
+  and direction. A module called several times in one step (a decoder stepping) continues
+  its row when a call starts from the state the previous call returned; any other call
+  is a row of its own (`encoder#2`), so nothing is dropped;
+- cells (`nn.RNNCell`, `nn.LSTMCell`, `nn.GRUCell`) run as they are: each call is the
+  next step of that cell's row;
+- states marked with `rnnscope.mark(h, name)` in hand-written loops.
+
+Each state gets a tensor hook; in the backward pass the user already runs, autograd
+hands it the total dL/dh_t (through the next step and the layer above alike). Hooks only
+keep references; norms are computed once, when `rec.flow` is read: no second backward,
+no host sync per step. `every=N` counts training steps, i.e. backward passes: a step is
+the forward calls since the previous backward. Forward passes under `torch.no_grad()`
+run natively and are not counted. Outside the block the model is untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.checks import integer
-from rnnscope.models.recurrent import require_recurrent, run_unrolled
-from rnnscope.numerics import subnormal_count
+from rnnscope.checks import integer, text
+from rnnscope.flow.capture import Capture
+from rnnscope.flow.gradients import GradientFlow, assemble
+from rnnscope.models.cells import CELLS
+from rnnscope.models.recurrent import (
+    cell_name,
+    find_recurrent,
+    run_unrolled,
+    unsupported_reason,
+)
 from rnnscope.schedules import Every
 
-
-@dataclass
-class GradientFlow:
-    """Norms of dL/dh_t, one row per recurrent layer and direction, one column per step.
-
-    `norms[r, t]` is the batch-mean L2 norm of the loss gradient with respect to
-    the hidden output h_t of row r (float64; NaN where that row has no step t,
-    e.g. a layer run on a shorter sequence). `layers[r]` names the row as in
-    `named_modules`, with `l<k>` (and `_reverse`) for the layer inside the module.
-    """
-
-    norms: Tensor
-    layers: list[str]
-    reverse: list[bool]
-    per_sample: Tensor | None = None  # [rows, T, B] when recorded with per_sample=True
-    nonfinite: int = 0  # non-finite entries in any dL/dh_t
-    subnormal_fraction: float = 0.0  # of all entries of dL/dh_t (as probes.subnormal_fraction)
-    # zero or subnormal: with subnormals flushed (the default for speed) an underflowed
-    # gradient is stored as 0, so this is the fraction that tells vanishing apart.
-    underflow_fraction: float = 0.0
-
-    @property
-    def steps(self) -> int:
-        return self.norms.shape[1]
-
-    def to_dict(self) -> dict:
-        """Plain data, as metrics.jsonl keeps it on a probe line and figures draw it."""
-        return {"layers": list(self.layers), "norms": self.norms.tolist(),
-                "reverse": list(self.reverse), "subnormal_fraction": self.subnormal_fraction,
-                "underflow_fraction": self.underflow_fraction}
-
-    def steps_back(self) -> Tensor:
-        """Norms re-indexed by steps back from the end of the sequence the row ran over
-        (the first step for reverse-direction rows): column 0 is where the loss enters."""
-        rows = [row.flip(0) if not rev else row for row, rev in
-                zip(self.norms, self.reverse, strict=True)]
-        return torch.stack(rows) if rows else self.norms
-
-
-class _Capture:
-    """The hooked hidden outputs of one recorded forward call of one recurrent module."""
-
-    def __init__(self, name: str, module: nn.Module, input, per_sample: bool) -> None:
-        self.name, self.module, self.per_sample = name, module, per_sample
-        packed = isinstance(input, PackedSequence)
-        # Kept detached for dynamics (Lyapunov along the same input), not for autograd.
-        self.input = input._replace(data=input.data.detach()) if packed else input.detach()
-        self.batch_sizes = input.batch_sizes if packed else None
-        self.grads: dict[tuple[int, int], dict[int, Tensor]] = {}
-        self.complete = False  # True once backward has reached any h_t
-
-    def tap(self, layer: int, direction: int):
-        steps = self.grads.setdefault((layer, direction), {})
-
-        def observe(t: int, state) -> None:
-            h = state[0]
-            if h.requires_grad:
-                h.register_hook(lambda grad: self._store(steps, t, grad))
-
-        return observe
-
-    def _store(self, steps: dict[int, Tensor], t: int, grad: Tensor) -> None:
-        grad = grad.detach()
-        steps[t] = grad if t not in steps else steps[t] + grad
-        self.complete = True
-
-    def rows(self) -> list[tuple[str, bool, Tensor, Tensor]]:
-        """(name, reverse, per-step gradients [T, B, H] padded with NaN, live mask [T, B])."""
-        out = []
-        prefix = f"{self.name}." if self.name else ""
-        for (layer, direction), steps in sorted(self.grads.items()):
-            name = f"{prefix}l{layer}" + ("_reverse" if direction else "")
-            out.append((name, bool(direction), *self._padded(steps)))
-        return out
-
-    def _padded(self, steps: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
-        like = next(iter(steps.values()), None)
-        hidden = self.module.hidden_size
-        if self.batch_sizes is None:
-            count, batch = (self.input.shape[0], self.input.shape[1]) if self.input.dim() == 3 \
-                else (self.input.shape[0], 1)
-            if self.input.dim() == 3 and getattr(self.module, "batch_first", False):
-                count, batch = batch, count
-            sizes = [batch] * count
-        else:
-            sizes = self.batch_sizes.tolist()  # once per flow read, not per step
-            count, batch = len(sizes), sizes[0]
-        device = like.device if like is not None else self.input.device if isinstance(
-            self.input, Tensor) else self.input.data.device
-        dtype = like.dtype if like is not None else torch.float32
-        if self.batch_sizes is None and len(steps) == count:  # every step, every row
-            grads = torch.stack([steps[t].reshape(batch, hidden) for t in range(count)])
-            return grads, torch.ones(count, batch, dtype=torch.bool, device=device)
-        grads = torch.zeros(count, batch, hidden, dtype=dtype, device=device)
-        live = torch.zeros(count, batch, dtype=torch.bool, device=device)
-        for t, rows in enumerate(sizes):
-            live[t, :rows] = True
-            if t in steps:  # a step no loss depends on has gradient zero
-                grads[t, :rows] = steps[t].reshape(rows, hidden)
-        if self.batch_sizes is not None and self.input.unsorted_indices is not None:
-            # Packed rows run longest first; report them in the caller's batch order.
-            order = self.input.unsorted_indices.to(device)
-            grads, live = grads.index_select(1, order), live.index_select(1, order)
-        return grads, live
+_ACTIVE: list[Recorder] = []  # the recorders inside their `with` block, innermost last
+_CELL_NAMES = {"LSTMCell": "lstm", "GRUCell": "gru"}
 
 
 class Recorder:
     """The object `record` yields; see the module docstring."""
 
-    def __init__(self, model: nn.Module, every: int = 1, per_sample: bool = False) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, every: int = 1, per_sample: bool = False,
+                 cell_state: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        self.model, self.per_sample, self.cell_state = model, per_sample, bool(cell_state)
         self.every = integer("every", every, 1)
         self.schedule = Every(every, first=True)
-        self.per_sample = per_sample
-        self.layers = require_recurrent(model)
-        self.calls = dict.fromkeys((name for name, _ in self.layers), 0)
-        # Per module, the latest recorded call and the latest one that received gradient
-        # (a later forward, e.g. an evaluation pass, must not discard a finished record).
-        self.captures: dict[str, _Capture] = {}
-        self._finished: dict[str, _Capture] = {}
+        self.layers = find_recurrent(model)
+        self.cells = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNCellBase)]
+        self.rank = {name: index for index, (name, _) in enumerate(self.layers + self.cells)}
+        self.calls = dict.fromkeys(self.rank, 0)  # forward calls with autograd on
+        self.step = 0  # training steps seen: forward calls since the previous backward
+        self.recorded_steps: list[int] = []  # the steps the schedule recorded
+        self._backward_seen = True  # so the first forward opens step 1
+        self._capture: Capture | None = None  # of the current step, when it is due
+        self._finished: Capture | None = None  # the latest one that received gradient
         self._saved: list[tuple[nn.Module, object]] = []
+        self._listeners: list[Callable[[int, GradientFlow], None]] = []
+        self._reported: Capture | None = None
+        self._warned: set[str] = set()
+        self.followed: list[nn.Module] = []  # the fused layers the engine runs
 
     def __enter__(self) -> Recorder:
-        if self._saved:
+        if self._saved or self in _ACTIVE:
             raise RuntimeError("record: this recorder is already active; use a new record()")
         for name, module in self.layers:
-            # An instance attribute shadows the class's forward for this module only.
-            self._saved.append((module, module.__dict__.get("forward")))
-            module.forward = self._wrap(name, module, module.forward)
+            reason = unsupported_reason(module)
+            if reason:
+                self.warn(name, f"record: {name or 'the model'} ({type(module).__name__}) "
+                                f"{reason}; it runs natively and is not recorded")
+                continue
+            self.followed.append(module)
+            self._patch(module, self._fused(name, module, module.forward))
+        for name, module in self.cells:
+            self._patch(module, self._cell(name, module.forward))
+        _ACTIVE.append(self)
         return self
 
+    def on_recorded(self, listener: Callable[[int, GradientFlow], None]) -> None:
+        """Call `listener(step, flow)` once for every recorded training step, when it is
+        over (the next step's first forward, or the end of the block)."""
+        self._listeners.append(listener)
+
     def __exit__(self, *exc_info) -> bool:
+        if exc_info[0] is None:
+            self._report(self._latest_complete())
         for module, previous in reversed(self._saved):
             if previous is None:
                 module.__dict__.pop("forward", None)
             else:
                 module.forward = previous
         self._saved.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         return False
 
-    def _wrap(self, name: str, module: nn.Module, native):
+    def _patch(self, module: nn.Module, forward) -> None:
+        # An instance attribute shadows the class's forward for this module only. Under
+        # torch.compile the recording runs eagerly (a graph break at the layer): its
+        # bookkeeping and the listeners (which write files) are no graph to trace.
+        self._saved.append((module, module.__dict__.get("forward")))
+        module.forward = torch.compiler.disable(forward)
+
+    # what each kind of state does on a forward call
+
+    def _fused(self, name: str, module: nn.Module, native):
+        states = 2 if self.cell_state and CELLS[cell_name(module)].has_cell_state else 1
+
         def forward(input, hx=None, **kwargs):
             state = kwargs.pop("state", hx)
             if not torch.is_grad_enabled():
                 return native(input, state, **kwargs)  # nothing to record without a graph
-            call = self.calls[name] = self.calls[name] + 1
-            if not self.schedule.due(call):
-                return native(input, state, **kwargs)
-            previous = self.captures.get(name)
-            if previous is not None and previous.complete:
-                self._finished[name] = previous
-            capture = _Capture(name, module, input, self.per_sample)
-            self.captures[name] = capture
-            return run_unrolled(module, input, state, tap=capture.tap)
+            capture = self._open(name)
+            if capture is None:
+                return self._watched(native(input, state, **kwargs))
+            run = capture.occurrence(name, state, input)
+            output, final = run_unrolled(module, input, state, tap=capture.tap(
+                run, self.rank[name], states, input))
+            capture.returned(name, run, final)
+            self._check_graph(name, final)
+            return output, final
 
         return forward
 
-    def _latest_complete(self) -> list[_Capture]:
-        latest = []
-        for name, _ in self.layers:
-            capture = self.captures.get(name)
-            if capture is None or not capture.complete:
-                capture = self._finished.get(name)
-            if capture is not None:
-                latest.append(capture)
-        return latest
+    def _cell(self, name: str, native):
+        def forward(input, hx=None):
+            result = native(input, hx)
+            if not torch.is_grad_enabled():
+                return result
+            capture = self._open(name)
+            if capture is None:
+                return self._watched(result)
+            states = result if isinstance(result, tuple) else (result,)
+            if not all(isinstance(s, Tensor) for s in states):
+                self.warn(name, f"record: {name} returned {type(result).__name__}, not a "
+                                f"state tensor; its steps are not recorded")
+                return result
+            capture.cell_step(name, self.rank[name], states[0], "h")
+            if self.cell_state and len(states) == 2:
+                capture.cell_step(name, self.rank[name], states[1], "c")
+            self._check_graph(name, states)
+            return result
+
+        return forward
+
+    @torch.compiler.disable
+    def mark(self, h: Tensor, name: str) -> None:
+        text("name", name, max_length=200)
+        if not isinstance(h, Tensor) or not torch.is_grad_enabled():
+            return
+        if not h.requires_grad:
+            self.warn(f"mark:{name}", f"record: mark({name!r}) got a state that does not "
+                                      f"require grad; its steps are not recorded")
+            return
+        capture = self._open(f"mark:{name}")
+        if capture is None:
+            self._watched(h)
+        else:
+            capture.mark_step(name, len(self.rank), h)
+
+    # training steps
+
+    def _open(self, name: str) -> Capture | None:
+        """Count a forward call; the capture of the current step when it is recorded."""
+        if name in self.calls:
+            self.calls[name] += 1
+        if self._backward_seen:  # a backward pass ended the previous step
+            self.step += 1
+            self._backward_seen = False
+            if self._capture is not None and self._capture.complete:
+                self._finished = self._capture
+                self._report(self._finished)
+            due = self.schedule.due(self.step)
+            self._capture = Capture(self.step, self._backward_done, self.per_sample) \
+                if due else None
+            if due:
+                self.recorded_steps.append(self.step)
+        return self._capture
+
+    def _backward_done(self) -> None:
+        self._backward_seen = True
+
+    def _watched(self, result):
+        """A call of a step not recorded: one hook on its output tells when backward ran."""
+        first = result[0] if isinstance(result, tuple) else result
+        if isinstance(first, Tensor) and first.requires_grad:
+            first.register_hook(lambda grad: self._backward_done())
+        return result
+
+    def _check_graph(self, name: str, states) -> None:
+        flat = states if isinstance(states, (tuple, list)) else (states,)
+        tensors = [s for s in flat if isinstance(s, Tensor)]
+        if tensors and not any(s.requires_grad for s in tensors):
+            self.warn(name, f"record: {name or 'the model'} ran with no gradient path (no "
+                            f"parameter or input requires grad); its steps get no gradient")
+
+    def warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
+
+    # results
+
+    def _latest_complete(self) -> Capture | None:
+        if self._capture is not None and self._capture.complete:
+            return self._capture
+        return self._finished
 
     @property
     def recorded(self) -> bool:
         """True once a recorded forward has been followed by its backward pass."""
-        return bool(self._latest_complete())
+        return self._latest_complete() is not None
+
+    def _report(self, capture: Capture | None) -> None:
+        if capture is None or capture is self._reported or not self._listeners:
+            return
+        self._reported = capture
+        flow = self._assemble(capture)
+        for listener in self._listeners:
+            listener(capture.step, flow)
 
     @property
     def flow(self) -> GradientFlow:
-        """The gradient flow of the latest recorded call of every recurrent layer."""
-        captures = self._latest_complete()
-        if not captures:
+        """The gradient flow of the latest recorded training step that received gradient."""
+        capture = self._latest_complete()
+        if capture is None:
             raise RuntimeError(
                 "record: no gradient was recorded; call loss.backward() inside the "
-                "`with record(model)` block, after a forward pass of the model"
-            )
-        return _assemble(captures)
+                "`with record(model)` block, after a forward pass of the model (a model "
+                "without torch's recurrent modules marks its states with rnnscope.mark)")
+        return self._assemble(capture)
+
+    def _assemble(self, capture: Capture) -> GradientFlow:
+        unreached = capture.unreached()
+        if unreached:
+            self.warn(f"unreached:{','.join(unreached)}", f"record: backward never reached "
+                      f"{', '.join(unreached)} (a forward pass whose output no loss used); "
+                      f"left out of the flow")
+        rows = capture.rows()
+        if not rows:
+            raise RuntimeError("record: backward reached no recorded state")
+        return assemble(rows, self.per_sample)
+
+    def cell(self) -> str | None:
+        """The cell of the first recurrent layer or cell module followed ("lstm", "gru",
+        "rnn_tanh", "rnn_relu"); None when only marked states are."""
+        if self.followed:
+            return cell_name(self.followed[0])
+        for _, module in self.cells:
+            return _CELL_NAMES.get(type(module).__name__) or (
+                f"rnn_{getattr(module, 'nonlinearity', 'tanh')}")
+        return None
+
+    def input_of(self, name: str):
+        """The input (detached) of the first recorded call of fused module `name` in the
+        latest recorded step, for measurements along the same trajectory; None if none."""
+        capture = self._latest_complete()
+        return None if capture is None else capture.inputs.get(name)
 
 
-def record(model: nn.Module, every: int = 1, per_sample: bool = False) -> Recorder:
-    """Context manager capturing dL/dh_t for every recurrent layer of `model`.
+def record(model: nn.Module, every: int = 1, per_sample: bool = False,
+           cell_state: bool = False) -> Recorder:
+    """Context manager capturing dL/dh_t for every recurrent state of `model`.
 
-    `every=N` records the first forward call of each layer and then every Nth
-    (`schedules.every(N, first=True)`); the others run torch's fused kernels, so it
-    can stay on for a whole training run.
-    `per_sample=True` also keeps per-sample norms (`flow.per_sample`).
+    `every=N` records the first training step (forward calls up to a backward pass) and
+    then every Nth (`schedules.every(N, first=True)`); on the others every layer runs
+    torch's fused kernels, so it can stay on for a whole training run.
+    `per_sample=True` also keeps per-sample norms (`flow.per_sample`); `cell_state=True`
+    adds a row of dL/dc_t for every LSTM layer and LSTMCell, the path its memory takes.
     """
-    return Recorder(model, every=every, per_sample=per_sample)
+    return Recorder(model, every=every, per_sample=per_sample, cell_state=cell_state)
 
 
-def _assemble(captures: list[_Capture]) -> GradientFlow:
-    names, reverse, norms, samples = [], [], [], []
-    nonfinite = subnormal = underflow = entries = 0
-    for capture in captures:
-        for name, is_reverse, grads, live in capture.rows():
-            names.append(name)
-            reverse.append(is_reverse)
-            per_row = torch.linalg.vector_norm(grads.double(), dim=-1)  # [T, B]
-            everywhere = bool(live.all())
-            if not everywhere:
-                per_row = per_row.masked_fill(~live, float("nan"))
-            norms.append(per_row.nanmean(dim=1).cpu())
-            if capture.per_sample:
-                samples.append(per_row.cpu())
-            values = grads.reshape(-1) if everywhere else grads[live]
-            nonfinite += int((~torch.isfinite(values)).sum())
-            count = int(subnormal_count(values))
-            subnormal += count
-            underflow += count + int((values == 0).sum())
-            entries += values.numel()
-    steps = max(len(r) for r in norms)
-    table = torch.full((len(norms), steps), float("nan"), dtype=torch.float64)
-    for i, row in enumerate(norms):
-        table[i, : len(row)] = row
-    per_sample = None
-    if samples:
-        batch = max(s.shape[1] for s in samples)
-        per_sample = torch.full((len(samples), steps, batch), float("nan"), dtype=torch.float64)
-        for i, s in enumerate(samples):
-            per_sample[i, : s.shape[0], : s.shape[1]] = s
-    return GradientFlow(table, names, reverse, per_sample, nonfinite,
-                        subnormal / entries if entries else 0.0,
-                        underflow / entries if entries else 0.0)
+def mark(h: Tensor, name: str) -> Tensor:
+    """Mark `h` as the next step of row `name`, for hand-written recurrent code.
+
+    Inside a `record` block its dL/dh is captured with the rest; outside one it returns
+    `h` untouched at the cost of one check. Returns `h`, so it can wrap an expression:
+    `h = rnnscope.mark(torch.tanh(x @ W + h @ U), "elman")`.
+    """
+    if _ACTIVE:
+        _ACTIVE[-1].mark(h, name)
+    return h

@@ -143,17 +143,30 @@ def _per_block(weight: Tensor, spec: CellSpec, fill: Callable[[Tensor], object])
 
 
 def _fill_weights(weights: LayerWeights, spec: CellSpec, fill: Callable[[Tensor], object]) -> None:
-    """`fill` each gate block of W_ih and W_hh; zero the biases."""
+    """`fill` each gate block of W_ih and W_hh, and an LSTM's projection W_hr; zero the
+    biases."""
     for weight in (weights.weight_ih, weights.weight_hh):
         _per_block(weight, spec, fill)
+    if weights.weight_hr is not None:
+        fill(weights.weight_hr)
     _zero_biases(weights)
+
+
+def recurrence_blocks(weights: LayerWeights, spec: CellSpec) -> tuple[Tensor, ...]:
+    """The square H x H map of h_{t-1} onto each gate: the gate block of W_hh, times the
+    projection W_hr for an LSTM with proj_size (h_{t-1} = W_hr (o * tanh(c_{t-1})))."""
+    blocks = gate_blocks(weights.weight_hh, spec)
+    if weights.weight_hr is None:
+        return blocks
+    return tuple(block @ weights.weight_hr for block in blocks)
 
 
 @register("torch_default")
 def torch_default(weights: LayerWeights, spec: CellSpec, hidden_size: int) -> None:
     """torch's own: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
     bound = 1.0 / math.sqrt(hidden_size)
-    for p in (weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh):
+    for p in (weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh,
+              weights.weight_hr):
         if p is not None:
             p.uniform_(-bound, bound)
 
@@ -185,10 +198,13 @@ def kaiming(weights: LayerWeights, spec: CellSpec, hidden_size: int,
 @register("orthogonal")
 def orthogonal(weights: LayerWeights, spec: CellSpec, hidden_size: int,
                gain: float = 1.0) -> None:
-    """Saxe et al.: each gate block of W_hh a random orthogonal matrix times gain;
+    """Saxe et al.: each gate block of W_hh a random orthogonal matrix times gain (and an
+    LSTM's projection W_hr a random orthogonal one, so W_hh W_hr keeps norms too);
     W_ih Xavier-uniform per gate block; zero biases."""
     gain = number("init.gain", gain)
     _per_block(weights.weight_hh, spec, lambda b: nn.init.orthogonal_(b, gain=gain))
+    if weights.weight_hr is not None:
+        nn.init.orthogonal_(weights.weight_hr)
     _per_block(weights.weight_ih, spec, nn.init.xavier_uniform_)
     _zero_biases(weights)
 
@@ -207,10 +223,12 @@ def identity(weights: LayerWeights, spec: CellSpec, hidden_size: int, scale: flo
 @register("spectral")
 def spectral(weights: LayerWeights, spec: CellSpec, hidden_size: int,
              radius: float = 1.0) -> None:
-    """Rescale each gate block of W_hh (as it stands) so its spectral radius equals `radius`."""
+    """Rescale each gate block of W_hh (as it stands) so its spectral radius equals `radius`
+    (with an LSTM's projection, that of the block times W_hr: the map of h_{t-1})."""
     radius = number("init.radius", radius, above=0.0)
-    for block in gate_blocks(weights.weight_hh, spec):
-        current = matrix_spectral_radius(block)
+    for block, square in zip(gate_blocks(weights.weight_hh, spec),
+                             recurrence_blocks(weights, spec), strict=True):
+        current = matrix_spectral_radius(square)
         if current == 0.0:
             raise ValueError(
                 "init.radius: W_hh has spectral radius 0, so it cannot be rescaled; "

@@ -18,7 +18,7 @@ from torch import nn
 
 from rnnscope.checks import choice, integer, number
 from rnnscope.models import unrolled
-from rnnscope.models.cells import CELLS
+from rnnscope.models.cells import CELLS, output_size, projection
 
 
 class Recurrent(nn.Module):
@@ -40,11 +40,12 @@ class Recurrent(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         bidirectional: bool = False,
+        proj_size: int = 0,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
-        _check_arguments(cell, input_size, hidden_size, num_layers, dropout)
+        _check_arguments(cell, input_size, hidden_size, num_layers, dropout, proj_size)
         self.cell = cell
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -53,6 +54,7 @@ class Recurrent(nn.Module):
         self.dropout = float(dropout)
         self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
+        self.proj_size = proj_size
         self._register_parameters(device, dtype)
         self.reset_parameters()
 
@@ -60,15 +62,18 @@ class Recurrent(nn.Module):
         factory = {"device": device, "dtype": dtype}
         directions = 2 if self.bidirectional else 1
         gate_size = CELLS[self.cell].gates * self.hidden_size
+        out = output_size(self)  # of h_t: proj_size when the LSTM projects
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else self.hidden_size * directions
+            layer_input = self.input_size if layer == 0 else out * directions
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 # Registration order equals torch's, so state_dict keys line up.
                 shapes = [("weight_ih", (gate_size, layer_input)),
-                          ("weight_hh", (gate_size, self.hidden_size))]
+                          ("weight_hh", (gate_size, out))]
                 if self.bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if self.proj_size:
+                    shapes.append(("weight_hr", (self.proj_size, self.hidden_size)))
                 for name, shape in shapes:
                     parameter = nn.Parameter(torch.empty(shape, **factory))
                     self.register_parameter(name + suffix, parameter)
@@ -88,7 +93,7 @@ class Recurrent(nn.Module):
     def to_torch(self) -> nn.RNNBase:
         """An equivalent torch `nn.RNN`/`nn.LSTM`/`nn.GRU` holding copies of these weights."""
         spec = CELLS[self.cell]
-        kwargs = {}
+        kwargs = {"proj_size": self.proj_size} if self.proj_size else {}
         if spec.torch_class is nn.RNN:
             kwargs["nonlinearity"] = "relu" if self.cell == "rnn_relu" else "tanh"
         return _copy(self, lambda **same: spec.torch_class(**same, **kwargs))
@@ -98,7 +103,7 @@ class Recurrent(nn.Module):
         if self.num_layers != 1:
             text += f", num_layers={self.num_layers}"
         for name, default in (("batch_first", False), ("dropout", 0.0), ("bias", True),
-                              ("bidirectional", False)):
+                              ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"
         return text
@@ -110,8 +115,8 @@ def from_torch(module: nn.Module) -> Recurrent:
         raise TypeError(
             f"module: expected nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}"
         )
-    cell = cell_name(module)  # also refuses LSTM projections
-    return _copy(module, lambda **same: Recurrent(cell, **same))
+    cell = cell_name(module)
+    return _copy(module, lambda **same: Recurrent(cell, **same, proj_size=projection(module)))
 
 
 def _copy(module: nn.Module, build: Callable[..., nn.Module]) -> nn.Module:
@@ -127,12 +132,18 @@ def _copy(module: nn.Module, build: Callable[..., nn.Module]) -> nn.Module:
     return copy.train(module.training)
 
 
-def _check_arguments(cell, input_size, hidden_size, num_layers, dropout) -> None:
+def _check_arguments(cell, input_size, hidden_size, num_layers, dropout, proj_size) -> None:
     choice("cell", cell, CELLS)
     integer("input_size", input_size, 1)
     integer("hidden_size", hidden_size, 1)
     integer("num_layers", num_layers, 1)
     number("dropout", dropout, minimum=0.0, maximum=1.0)
+    integer("proj_size", proj_size, 0)
+    if proj_size and cell != "lstm":  # torch's rules for proj_size
+        raise ValueError(f"proj_size: only an LSTM projects its state; accepted for a {cell} "
+                         f"cell: 0, got {proj_size}")
+    if proj_size:
+        integer("proj_size", proj_size, 0, hidden_size - 1)
     if dropout > 0 and num_layers == 1:
         warnings.warn(
             f"dropout={dropout} has no effect with num_layers=1: rnnscope, like torch, "
@@ -149,14 +160,22 @@ def cell_name(module: nn.Module) -> str:
     if isinstance(module, Recurrent):
         return module.cell
     if isinstance(module, nn.RNNBase) and module.mode in _TORCH_MODES:
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"proj_size: LSTM projections are not supported "
-                             f"(got proj_size={module.proj_size}); accepted: 0")
         return _TORCH_MODES[module.mode]
     raise TypeError(
         "module: expected rnnscope.Recurrent, nn.RNN, nn.LSTM or nn.GRU, "
         f"got {type(module).__name__}"
     )
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why the unrolled engine cannot run `module` (a subclass of nn.RNNBase with a mode of
+    its own), or None when it can."""
+    try:
+        cell_name(module)
+    except TypeError:
+        return (f"is a recurrent layer of a kind the unrolled engine cannot run (mode "
+                f"{getattr(module, 'mode', '?')!r}; it runs rnn_tanh, rnn_relu, lstm, gru)")
+    return None
 
 
 def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -168,7 +187,7 @@ def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def require_recurrent(model: nn.Module, field: str = "model") -> list[tuple[str, nn.Module]]:
     """`find_recurrent(model)`, refusing a model with none, or with a layer the unrolled
-    engine cannot run (an LSTM with projections)."""
+    engine cannot run (a subclass of nn.RNNBase with a mode of its own)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{field}: expected an nn.Module, got {type(model).__name__}")
     layers = find_recurrent(model)

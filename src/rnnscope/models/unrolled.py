@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.models.cells import CellSpec, LayerWeights, State, layer_weights
+from rnnscope.models.cells import (
+    CellSpec,
+    LayerWeights,
+    Recurrence,
+    State,
+    layer_weights,
+    output_size,
+)
 
 # tap(layer, direction) -> observe(t, state_t) or None. observe is called with the state
 # each step t of that layer and direction produces ((h_t,) or (h_t, c_t), the rows live at
@@ -73,10 +80,9 @@ def run_layers(spec: CellSpec, module: nn.Module, data: Tensor, initial: State,
         for direction in range(directions):
             index = layer * directions + direction
             observe = tap(layer, direction) if tap is not None else None
-            projected, w_hh_t, step_bias = project(spec, params[index], layer_input)
-            out, final = scan(spec, projected, tuple(s[index] for s in initial), w_hh_t,
-                              step_bias, active, reverse=direction == 1, packed=packed,
-                              observe=observe)
+            projected, recurrence = project(spec, params[index], layer_input)
+            out, final = scan(spec, projected, tuple(s[index] for s in initial), recurrence,
+                              active, reverse=direction == 1, packed=packed, observe=observe)
             outputs.append(out)
             finals.append(final)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
@@ -86,17 +92,20 @@ def run_layers(spec: CellSpec, module: nn.Module, data: Tensor, initial: State,
 
 
 def project(spec: CellSpec, weights: LayerWeights,
-            layer_input: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """W_ih x_t + b_ih for every step at once (b_hh folded in where the cell allows), W_hh
-    transposed, and the recurrent bias each step still needs (None once folded)."""
+            layer_input: Tensor) -> tuple[Tensor, Recurrence]:
+    """W_ih x_t + b_ih for every step at once (b_hh folded in where the cell allows), and
+    what each step needs besides: W_hh (and an LSTM's W_hr) transposed, the recurrent
+    bias where it could not be folded."""
     input_bias, step_bias = weights.bias_ih, weights.bias_hh
     if spec.folds_recurrent_bias and step_bias is not None:
         input_bias, step_bias = input_bias + step_bias, None
-    return F.linear(layer_input, weights.weight_ih, input_bias), weights.weight_hh.t(), step_bias
+    w_hr_t = weights.weight_hr.t() if weights.weight_hr is not None else None
+    return (F.linear(layer_input, weights.weight_ih, input_bias),
+            Recurrence(weights.weight_hh.t(), step_bias, w_hr_t))
 
 
-def scan(spec: CellSpec, projected: Tensor, state: State, w_hh_t: Tensor,
-         step_bias: Tensor | None, active: list[int], *, reverse: bool, packed: bool,
+def scan(spec: CellSpec, projected: Tensor, state: State, recurrence: Recurrence,
+         active: list[int], *, reverse: bool, packed: bool,
          observe: Observer | None = None) -> tuple[Tensor, State]:
     """One layer, one direction, over all time steps.
 
@@ -120,9 +129,9 @@ def scan(spec: CellSpec, projected: Tensor, state: State, w_hh_t: Tensor,
     for t in order:
         rows = active[t]
         if rows == batch:
-            live = state = spec.step(steps[t], state, w_hh_t, step_bias)
+            live = state = spec.step(steps[t], state, recurrence)
         else:
-            live = spec.step(steps[t], tuple(s[:rows] for s in state), w_hh_t, step_bias)
+            live = spec.step(steps[t], tuple(s[:rows] for s in state), recurrence)
             state = tuple(
                 torch.cat((new, old[rows:])) for new, old in zip(live, state, strict=True)
             )
@@ -184,14 +193,15 @@ def _check_input(module: nn.Module, input, reference: Tensor) -> Tensor:
 
 def initial_state(spec: CellSpec, module: nn.Module, state, batch: int, unbatched: bool,
                   sorted_indices: Tensor | None, reference: Tensor) -> State:
-    """The caller's initial state (or zeros) as a tuple of [layers * directions, B, H],
-    checked against the module, in the engine's row order."""
+    """The caller's initial state (or zeros) as a tuple of [layers * directions, B, size]
+    (size: H, or an LSTM's proj_size for h), checked against the module, in the engine's
+    row order."""
     layers = module.num_layers * (2 if module.bidirectional else 1)
-    shape = (layers, batch, module.hidden_size)
-    count = 2 if spec.has_cell_state else 1
+    shapes = [(layers, batch, output_size(module)), (layers, batch, module.hidden_size)]
+    shapes = shapes[: 2 if spec.has_cell_state else 1]
     if state is None:
-        zeros = torch.zeros(shape, dtype=reference.dtype, device=reference.device)
-        return (zeros,) * count
+        return tuple(torch.zeros(shape, dtype=reference.dtype, device=reference.device)
+                     for shape in shapes)
     if spec.has_cell_state:
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
             raise TypeError("state: an LSTM expects a tuple (h_0, c_0)")
@@ -201,8 +211,8 @@ def initial_state(spec: CellSpec, module: nn.Module, state, batch: int, unbatche
             raise TypeError(f"state: a {spec.name} layer expects a Tensor h_0")
         parts = (state,)
     checked = []
-    expected = shape[:1] + shape[2:] if unbatched else shape
-    for name, part in zip(("h_0", "c_0")[: len(parts)], parts, strict=True):
+    for name, part, shape in zip(("h_0", "c_0"), parts, shapes, strict=False):
+        expected = shape[:1] + shape[2:] if unbatched else shape
         if not isinstance(part, Tensor) or tuple(part.shape) != expected:
             got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
             raise ValueError(f"state: expected {name} of shape {expected}, got {got}")

@@ -52,6 +52,9 @@ def status_section(run: RunData, page: Page) -> None:
             page.skip("The result", "summary.json (written when a run ends; this one was "
                       f"killed or is still running, {fmt(steps)} training steps logged)")
         return
+    if summary.get("source") == "watch":
+        _watched_status(summary, page)
+        return
     metric = summary_value(summary, "metric", "name", default="metric")
     held_out = (f"{metric} {fmt(summary_value(summary, 'metric', 'value'))} on held-out data "
                 f"(chance {fmt(summary.get('baseline'))}")
@@ -73,6 +76,19 @@ def status_section(run: RunData, page: Page) -> None:
         page.add(f'<p class="error">{esc(summary["message"])}</p>')
 
 
+def _watched_status(summary: dict, page: Page) -> None:
+    """The status of a run rnnscope watched (`rnnscope.watch`): the user's loop, so no
+    held-out metric, clipping or guard of rnnscope's to report."""
+    words = [f"{fmt(summary.get('steps'))} training steps watched in "
+             f"{fmt(summary.get('seconds'), 3)} s",
+             f"{fmt(summary.get('probes'))} recordings of the gradient flow",
+             f"last logged loss {fmt(summary.get('final_loss'))}"]
+    page.add(f'<p class="status"><b>{esc(summary.get("status", "unknown"))}</b> '
+             f'{esc("; ".join(words))}.</p>')
+    if summary.get("message"):
+        page.add(f'<p class="error">{esc(summary["message"])}</p>')
+
+
 def diagnosis_section(run: RunData, page: Page) -> None:
     diagnosis = summary_value(run.summary, "diagnosis")
     if not isinstance(diagnosis, dict):
@@ -90,13 +106,10 @@ def diagnosis_section(run: RunData, page: Page) -> None:
     fixes = run.summary.get("fix_details") or [
         {"remedy": "", "why": "", "cli": cli} for cli in diagnosis.get("fixes") or []]
     if fixes:
-        items = "".join(
-            f"<li>{'<b>' + esc(fix.get('remedy')) + '</b>: ' if fix.get('remedy') else ''}"
-            f"<code>{esc(fix.get('cli', ''))}</code>"
-            f"{'<br><small>' + esc(fix.get('why')) + '</small>' if fix.get('why') else ''}</li>"
-            for fix in fixes if isinstance(fix, dict))
-        page.add(f"<p>Fixes, most promising first (flags for <code>rnnscope train</code>):"
-                 f"</p><ol>{items}</ol>")
+        items = "".join(_fix_item(fix) for fix in fixes if isinstance(fix, dict))
+        page.add("<p>Fixes, most promising first: the flags for <code>rnnscope train</code>, "
+                 "and the code for your own model and loop:</p>"
+                 f'<ol class="fixes">{items}</ol>')
     evidence = run.summary.get("evidence")
     if isinstance(evidence, dict) and evidence:
         page.add("<details><summary>Evidence</summary>"
@@ -105,6 +118,18 @@ def diagnosis_section(run: RunData, page: Page) -> None:
                  + "</details>")
     else:
         page.skip("The evidence table", "\"evidence\" in summary.json")
+
+
+def _fix_item(fix: dict) -> str:
+    remedy, why, code = fix.get("remedy"), fix.get("why"), fix.get("code")
+    return (f"<li>{'<b>' + esc(remedy) + '</b>: ' if remedy else ''}"
+            f"<code>{esc(fix.get('cli', ''))}</code>"
+            f"{'<br><small>' + esc(why) + '</small>' if why else ''}"
+            f"{'<pre>' + esc(code) + '</pre>' if isinstance(code, str) and code else ''}</li>")
+
+
+def _lines_with(lines: list[dict], key: str) -> bool:
+    return any(isinstance(line.get(key), (int, float)) for line in lines)
 
 
 def figure_sections(run: RunData, page: Page, figures: tuple[str, ...]) -> None:
@@ -119,11 +144,13 @@ def figure_sections(run: RunData, page: Page, figures: tuple[str, ...]) -> None:
         "slices": ("Gradient norm against steps back at the first, middle and last probe",
                    FLOW_NEEDS, bool(probes), lambda: flow.flow_slices_figure(probes)),
         "curves": ("Loss and held-out metric against chance and the solved threshold",
-                   "metrics.jsonl", bool(train or evals), lambda: training.curves_figure(
+                   "losses in metrics.jsonl", _lines_with(train, "loss") or bool(evals),
+                   lambda: training.curves_figure(
                        train, evals, baseline=summary_value(summary, "baseline"),
                        threshold=summary_value(summary, "threshold"), metric_name=metric)),
         "clipping": ("Gradient norm before and after clipping, clipped steps and clip rate",
-                     "train lines in metrics.jsonl", bool(train),
+                     "gradient norms (\"grad_norm\") in metrics.jsonl",
+                     _lines_with(train, "grad_norm"),
                      lambda: training.clipping_figure(train)),
         "lyapunov": ("Lyapunov spectrum of the trained model", "\"lyapunov\" in summary.json",
                      bool(lyapunov), lambda: training.lyapunov_figure(lyapunov)),

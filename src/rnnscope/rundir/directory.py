@@ -45,6 +45,9 @@ from rnnscope.files import (
 from rnnscope.rundir.jsonlines import DAMAGED, cut_after, read_lines
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+# The version of the format (docs/run-directory.md), written into summary.json: a reader
+# that meets a newer one knows the files may hold what it does not understand.
+FORMAT = 1
 CHECKPOINTS = "checkpoints"
 
 
@@ -164,7 +167,7 @@ class RunDirectory:
 
     def write_summary(self, summary: dict) -> None:
         try:
-            write_json(self.summary_path, summary)
+            write_json(self.summary_path, {"format": FORMAT, **summary})
         except OSError as error:
             raise WriteError.of("out", self.summary_path, error) from None
 

@@ -1,8 +1,18 @@
-"""`metrics.jsonl` as the trainer writes it: a listener on the trainer's events."""
+"""`metrics.jsonl` as the trainer writes it: a listener on the trainer's events; and the
+probe line every writer of a run directory writes the same way."""
 
 from __future__ import annotations
 
 from rnnscope.rundir.directory import RunDirectory
+
+
+def probe_line(step: int, flow, diagnosis=None, **scalars) -> dict:
+    """A train line carrying one recording of the gradient flow through time (a
+    `GradientFlow`) and, when diagnosed, its verdict, reach and rate."""
+    line = {"kind": "train", "step": step, **scalars, "flow": flow.to_dict()}
+    if diagnosis is not None:
+        line.update(verdict=diagnosis.verdict, reach=diagnosis.reach, rate=diagnosis.rate)
+    return line
 
 
 class MetricsLog:
@@ -13,18 +23,14 @@ class MetricsLog:
         self.run = run
 
     def after_step(self, state) -> None:
-        record = {"kind": "train", "step": state.step, **state.scalars(),
-                  "clipped": state.clipped}
+        scalars = {**state.scalars(), "clipped": state.clipped}
         if state.action:
-            record["guard"] = state.action
+            scalars["guard"] = state.action
         if state.param_norms:
-            record["grad_norms"] = state.param_norms
-        if state.flow is not None:
-            record["flow"] = state.flow.to_dict()
-        if state.diagnosis is not None:
-            record.update(verdict=state.diagnosis.verdict, reach=state.diagnosis.reach,
-                          rate=state.diagnosis.rate)
-        self.run.append(record)
+            scalars["grad_norms"] = state.param_norms
+        self.run.append(probe_line(state.step, state.flow, state.diagnosis, **scalars)
+                        if state.flow is not None else
+                        {"kind": "train", "step": state.step, **scalars})
 
     def on_eval(self, evaluation) -> None:
         self.run.append({"kind": "eval", "step": evaluation.step, "loss": evaluation.loss,

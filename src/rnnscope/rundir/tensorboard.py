@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,6 +34,20 @@ def _quiet_writer_thread_errors() -> None:
     threading.excepthook = hook
 
 
+def _writing(method):
+    """A failed write (in the method, or kept by the writer's thread) as one line naming
+    the run directory (a WriteError), once; later calls repeat nothing."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as error:
+            self._failed = True
+            raise WriteError.of("out", f"the TensorBoard events in {self.path}", error) \
+                from None
+    return wrapped
+
+
 class TensorBoardLog:
     """Listener writing TensorBoard events into the run directory (`tensorboard --logdir
     runs` shows every run): scalars every step, gradient histograms on the probe schedule,
@@ -46,8 +59,11 @@ class TensorBoardLog:
 
         _quiet_writer_thread_errors()
         self.path, self._failed = Path(path), False
-        with self._writing():
+        try:
             self.writer = SummaryWriter(log_dir=str(path), purge_step=purge_step)
+        except OSError as error:
+            raise WriteError.of("out", f"the TensorBoard events in {self.path}", error) \
+                from None
         self.title = title or Path(path).name
         self.latest: dict | None = None  # the latest probe: {"step", "flow"}
         # The probes so far, as metrics.jsonl has them, for the heat map; a resumed run
@@ -71,56 +87,60 @@ class TensorBoardLog:
                 self.probes, self._stride = self.probes[::2], self._stride * 2
         self._seen += 1
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A failed write (here, or kept by the writer's thread) as one line naming the
-        directory."""
-        try:
-            yield
-        except OSError as error:
-            self._failed = True
-            raise WriteError.of("out", f"the TensorBoard events in {self.path}", error) \
-                from None
+    # what any writer of a run directory logs (the trainer, watch, Lightning)
 
+    @_writing
+    def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    @_writing
+    def probe(self, step: int, flow, diagnosis=None) -> None:
+        """One recording of the flow (a `GradientFlow`) and its diagnosis: the reach and
+        rate as scalars; kept for the images."""
+        self.latest = {"step": step, "flow": flow.to_dict()}
+        self._keep_probe(self.latest)
+        if diagnosis is not None:
+            self.writer.add_scalar("flow/reach", diagnosis.reach, step)
+            self.writer.add_scalar("flow/rate", diagnosis.rate, step)
+
+    @_writing
+    def images(self, step: int) -> None:
+        """The latest flow profile and the heat map of every probe so far, as images at
+        `step` (drawn on a schedule, not at every probe: a figure costs ~0.1 s)."""
+        if self.latest is not None:
+            self.writer.add_figure("flow/profile", flow_profile_figure(
+                self.latest["flow"], title=f"{self.title}, step {self.latest['step']}"),
+                step)
+        if self.probes:
+            self.writer.add_figure("flow/heatmap", flow_heatmap_figure(
+                self.probes, title=self.title), step)
+
+    # the trainer's events
+
+    @_writing
     def after_step(self, state) -> None:
-        with self._writing():
-            self._after_step(state)
+        self.scalars(state.step, state.scalars())
+        if state.flow is not None:
+            self.probe(state.step, state.flow, state.diagnosis)
+        for name, grad in state.grads.items():
+            if torch.isfinite(grad).all():
+                self.writer.add_histogram(f"grad/{name}", grad, state.step)
 
+    @_writing
     def on_eval(self, evaluation) -> None:
-        with self._writing():
-            self._on_eval(evaluation)
+        self.scalars(evaluation.step, {"loss": evaluation.loss,
+                                       evaluation.metric_name: evaluation.metric}, "valid")
+        self.images(evaluation.step)
 
     def close(self) -> None:
         if self._failed:  # reported when it happened; closing only repeats it
             with contextlib.suppress(OSError):
                 self.writer.close()
             return
-        with self._writing():
-            self.writer.close()
+        self._close()
 
-    def _after_step(self, state) -> None:
-        step, scalars = state.step, state.scalars()
-        for key, value in scalars.items():
-            if value is not None:
-                self.writer.add_scalar(f"train/{key}", value, step)
-        if state.flow is not None:
-            self.latest = {"step": step, "flow": state.flow.to_dict()}
-            self._keep_probe(self.latest)
-        if state.flow is not None and state.diagnosis is not None:
-            self.writer.add_scalar("flow/reach", state.diagnosis.reach, step)
-            self.writer.add_scalar("flow/rate", state.diagnosis.rate, step)
-        for name, grad in state.grads.items():
-            if torch.isfinite(grad).all():
-                self.writer.add_histogram(f"grad/{name}", grad, step)
-
-    def _on_eval(self, evaluation) -> None:
-        self.writer.add_scalar("valid/loss", evaluation.loss, evaluation.step)
-        self.writer.add_scalar(f"valid/{evaluation.metric_name}", evaluation.metric,
-                               evaluation.step)
-        if self.latest is not None:
-            self.writer.add_figure("flow/profile", flow_profile_figure(
-                self.latest["flow"], title=f"{self.title}, step {self.latest['step']}"),
-                evaluation.step)
-        if self.probes:
-            self.writer.add_figure("flow/heatmap", flow_heatmap_figure(
-                self.probes, title=self.title), evaluation.step)
+    @_writing
+    def _close(self) -> None:
+        self.writer.close()

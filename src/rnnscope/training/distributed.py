@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rnnscope.flow.recording import GradientFlow
+from rnnscope.flow.gradients import GradientFlow
 
 # Dropout masks on rank r > 0 come from their own stream, seeded apart from rank 0's.
 DROPOUT_SEED = 3_000_017
@@ -156,16 +156,19 @@ class ProcessGroup(SingleProcess):
         dL/dh_t here is already the global-loss gradient (the loss was shared before
         backward), so the global batch mean is sum over ranks of (m/B) * local = sum / N.
         """
+        aligned = flow.aligned if flow.aligned is not None else flow.norms.new_zeros(0)
         numbers = torch.cat([flow.norms.reshape(-1).double(), torch.tensor(
             [flow.nonfinite, flow.subnormal_fraction, flow.underflow_fraction],
-            dtype=torch.float64)]).to(self.device)
+            dtype=torch.float64), aligned.reshape(-1).double()]).to(self.device)
         dist.all_reduce(numbers)
         numbers = (numbers / self.world_size).cpu()
         cells = flow.norms.numel()
         return replace(flow, norms=numbers[:cells].view_as(flow.norms),
                        nonfinite=round(float(numbers[cells]) * self.world_size),
                        subnormal_fraction=float(numbers[cells + 1]),
-                       underflow_fraction=float(numbers[cells + 2]))
+                       underflow_fraction=float(numbers[cells + 2]),
+                       aligned=None if flow.aligned is None else
+                       numbers[cells + 3:].view_as(flow.aligned))
 
     def broadcast(self, numbers: list[float]) -> list[float]:
         """Rank 0's numbers on every rank (evaluation: one early-stop decision for all)."""

@@ -274,13 +274,11 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
         notes=list(notes or []), baselines=dict(getattr(trainer.task, "baselines", {})))
     # What the report needs beyond the result: the task's threshold, the diagnosis in
     # words with every fix and its reason, and the Lyapunov spectrum of the trained model.
+    fields = diagnosis.report_fields()
+    fields.pop("diagnosis")  # the result's own: the top fixes only
     run.write_summary({
         **result.to_dict(), "name": trainer.config.run_name, "task": trainer.task.name,
-        "threshold": trainer.task.solved_below,
-        "evidence": diagnosis.evidence if diagnosis else None,
-        "explanation": diagnosis.summary() if diagnosis else None,
-        "fix_details": [{"remedy": fix.remedy, "why": fix.why, "cli": fix.cli}
-                        for fix in diagnosis.fixes] if diagnosis else [],
+        "threshold": trainer.task.solved_below, **fields,
         "lyapunov": lyapunov_spectrum(trainer.model.rnn, trainer.held_out)})
     return result
 

@@ -30,8 +30,8 @@ from torch import Tensor
 from rnnscope.checks import integer
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
 from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import grad_norms
-from rnnscope.flow.recording import GradientFlow
 from rnnscope.remedies.clipping import Clipper, ClipResult
 from rnnscope.remedies.guard import Guard, TrainingDiverged
 from rnnscope.remedies.optim import LRSchedule, build_optimizer

@@ -4,6 +4,7 @@ diagnosed and logged on a schedule of training batches."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
@@ -11,8 +12,10 @@ from torch import Tensor
 
 from rnnscope.checks import integer
 from rnnscope.flow.diagnosis import VERDICTS, Diagnosis, diagnose
-from rnnscope.flow.recording import GradientFlow, Recorder, record
-from rnnscope.models.recurrent import cell_name, require_recurrent
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.recording import Recorder, record
+from rnnscope.models.recurrent import require_recurrent
+from rnnscope.rundir.flowlog import FlowLog
 from rnnscope.schedules import Every
 
 
@@ -49,7 +52,8 @@ def rescaled_flow(flow: GradientFlow, factor: float) -> GradientFlow:
     give (exactly, for a power of two such as an AMP scale). Verdict, reach and rate
     are unchanged; counts and fractions of entries describe the backward that ran."""
     per_sample = None if flow.per_sample is None else flow.per_sample * factor
-    return replace(flow, norms=flow.norms * factor, per_sample=per_sample)
+    aligned = None if flow.aligned is None else flow.aligned * factor
+    return replace(flow, norms=flow.norms * factor, per_sample=per_sample, aligned=aligned)
 
 
 class GradientFlowCallback(Callback):
@@ -90,10 +94,16 @@ class GradientFlowCallback(Callback):
 
     `stop_on_nonfinite`: a "nonfinite" verdict sets `trainer.should_stop` (decided
     across processes under DDP). The optimiser step of that batch has already run.
+
+    `out`: also write an rnnscope run directory there (rank 0; refused where one exists),
+    as `rnnscope.watch` does: a probe line per recording, the training loss of every
+    batch (`training_step`'s returned loss: one host read per batch), TensorBoard
+    images, and summary.json with the latest diagnosis and its fixes when training
+    ends. `rnnscope report OUT` renders it.
     """
 
     def __init__(self, every: int = 100, stop_on_nonfinite: bool = True,
-                 prefix: str = "rnnscope/") -> None:
+                 prefix: str = "rnnscope/", out: str | Path | None = None) -> None:
         super().__init__()
         self.every = integer("every", every, 1)
         self.schedule = Every(self.every, first=True)
@@ -108,6 +118,12 @@ class GradientFlowCallback(Callback):
         self._step = 0
         self._backward_scale: float | None = None
         self._warned_empty = False
+        if out is not None and (not isinstance(out, (str, Path)) or not str(out)):
+            raise ValueError(f"out: expected a directory path, got {out!r}")
+        self.out = None if out is None else Path(out)
+        self._log: FlowLog | None = None
+        self._probes = 0
+        self._last_loss: float | None = None
 
     def due(self, batch: int) -> bool:
         """Whether training batch `batch` (0-based, across epochs) is recorded: step
@@ -115,8 +131,16 @@ class GradientFlowCallback(Callback):
         return self.schedule.due(batch + 1)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":  # fail before training, not at the first due batch
-            require_recurrent(pl_module, field="GradientFlowCallback: the LightningModule")
+        if stage != "fit":
+            return
+        # Fail before training, not at the first due batch.
+        layers = require_recurrent(pl_module, field="GradientFlowCallback: the LightningModule")
+        if self.out is not None and trainer.is_global_zero and self._log is None:
+            self._log = FlowLog(self.out, {
+                "lightning": {"every": self.every, "stop_on_nonfinite": self.stop_on_nonfinite},
+                "model": {"class": type(pl_module).__name__,
+                          "parameters": sum(p.numel() for p in pl_module.parameters()),
+                          "recurrent_layers": [name for name, _ in layers]}})
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch,
                              batch_idx: int) -> None:
@@ -142,6 +166,7 @@ class GradientFlowCallback(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
                            batch_idx: int) -> None:
+        self._log_loss(trainer, outputs)
         recorder = self._close()
         if recorder is None:
             return
@@ -153,7 +178,8 @@ class GradientFlowCallback(Callback):
             accumulate = trainer.accumulate_grad_batches if pl_module.automatic_optimization \
                 else 1
             flow = rescaled_flow(recorder.flow, accumulate / (scale or 1.0))
-            diagnosis = diagnose(flow, current={"cell": cell_name(recorder.layers[0][1])})
+            cell = recorder.cell()
+            diagnosis = diagnose(flow, current={"cell": cell} if cell else None)
             metrics = {}
             if scale is not None:
                 overflow = scaler.get_scale() < scale or diagnosis.verdict == "nonfinite"
@@ -162,6 +188,9 @@ class GradientFlowCallback(Callback):
             if not (overflow and diagnosis.verdict == "nonfinite"):
                 self.last_flow, self.last_diagnosis, self.last_step = flow, diagnosis, self._step
                 metrics.update(flow_metrics(diagnosis, self.prefix))
+                if self._log is not None:
+                    self._log.probe(self._step, flow, diagnosis)
+                    self._probes += 1
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=self._step)
         elif not self._warned_empty:
@@ -178,15 +207,39 @@ class GradientFlowCallback(Callback):
                 rank_zero_warn(f"GradientFlowCallback: non-finite gradient through time at "
                                f"step {self._step}; stopping training")
 
+    def _log_loss(self, trainer: Trainer, outputs) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self._log is not None and isinstance(loss, Tensor) and loss.numel() == 1:
+            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped",
+                           trainer.global_step)
+            self._log.scalars(step, loss=loss)
+            self._last_loss = self._log.last_scalars["loss"]
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close()  # a due batch that ended the epoch early (-1) had no end hook
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close()
+        self._write_summary(trainer, "finished", "")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
         self._close()  # the model must not stay unrolled after a failed batch
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self._write_summary(trainer, status, str(exception).splitlines()[0][:500]
+                            if str(exception) else type(exception).__name__)
+
+    def _write_summary(self, trainer: Trainer, status: str, message: str) -> None:
+        log, self._log = self._log, None
+        if log is None:
+            return
+        summary = {"status": status, "source": "lightning", "name": log.run.path.name,
+                   "steps": trainer.global_step, "probes": self._probes,
+                   "final_loss": self._last_loss, "run_dir": str(log.run.path),
+                   "message": message}
+        if self.last_diagnosis is not None:  # the latest recording, from its flow alone
+            summary.update(self.last_diagnosis.report_fields())
+        log.close(summary)
 
     def _close(self) -> Recorder | None:
         recorder, self._recorder = self._recorder, None

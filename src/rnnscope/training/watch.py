@@ -1,0 +1,163 @@
+"""`rnnscope.watch`: the gradient flow through time over your own training loop.
+
+    with rnnscope.watch(model, "runs/mine", every=100) as w:
+        for x, y in data:
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            w.log(loss=loss)               # any numbers: curves in the report
+    # rnnscope report runs/mine
+
+Like `wandb.watch`, one line around a plain PyTorch loop; unlike it, it shows time.
+It counts training steps by backward passes and, on the schedule (the first step, then
+every `every`-th), records what `record` follows (fused layers, cells, marked states),
+diagnoses it, and keeps the history: a probe line in metrics.jsonl, reach and rate in
+TensorBoard, the profile and heat map images. When the block ends, summary.json holds
+the diagnosis of the latest recording with its fixes as flags and as code. Between
+recordings the model runs torch's own kernels: the cost is one hook per forward call.
+
+Under torchrun (DDP) only rank 0 records and writes; a `torch.compile`d model is watched
+through the module it compiled.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rnnscope.checks import choice, integer
+from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.recording import Recorder
+from rnnscope.numerics import flush_denormal
+from rnnscope.remedies.guard import TrainingDiverged
+from rnnscope.rundir.flowlog import FlowLog
+
+NONFINITE = ("warn", "raise")
+
+
+class Watch:
+    """The object `watch` returns; see the module docstring."""
+
+    def __init__(self, model: nn.Module, out: str | Path, every: int = 100, *,
+                 nonfinite: str = "warn", flush_subnormals: bool = True,
+                 cell_state: bool = False, name: str | None = None) -> None:
+        if not isinstance(out, (str, Path)) or not str(out):
+            raise ValueError(f"out: expected a directory path, got {out!r}")
+        self.nonfinite = choice("nonfinite", nonfinite, NONFINITE)
+        self.flush = bool(flush_subnormals)
+        self.out = Path(out)
+        self.name = name or self.out.name
+        self.main = _rank() == 0
+        self.recorder = Recorder(model, every=integer("every", every, 1),
+                                 cell_state=cell_state)
+        self.history: list[tuple[int, Diagnosis]] = []  # (step, diagnosis) per recording
+        self._config = {"watch": {"every": every, "cell_state": bool(cell_state),
+                                  "nonfinite": nonfinite, "flush_subnormals": self.flush,
+                                  "name": self.name},
+                        "model": _describe(model, self.recorder)}
+        self._log: FlowLog | None = None
+        self._started = 0.0
+        self._last_loss: float | None = None
+
+    @property
+    def step(self) -> int:
+        """Training steps so far (backward passes, as `record` counts them)."""
+        return self.recorder.step
+
+    def __enter__(self) -> Watch:
+        if self.main:  # ranks > 0 train unwatched: rank 0 speaks for all
+            self._log = FlowLog(self.out, self._config, self.name)
+            self.recorder.on_recorded(self._probe)
+            self.recorder.__enter__()
+        if self.flush:
+            flush_denormal(True)
+        self._started = time.perf_counter()
+        return self
+
+    def log(self, **scalars) -> None:
+        """Numbers of the current training step (0-d tensors are read here)."""
+        if self._log is None:
+            return
+        self._log.scalars(max(self.step, 1), **scalars)
+        loss = self._log.last_scalars.get("loss")
+        if loss is not None:
+            self._last_loss = loss
+        bad = sorted(key for key, value in self._log.last_scalars.items()
+                     if not math.isfinite(value))
+        if bad:
+            self._nonfinite(f"step {self.step}: {', '.join(bad)} not finite")
+
+    def _probe(self, step: int, flow: GradientFlow) -> None:
+        diagnosis = diagnose(flow)
+        self.history.append((step, diagnosis))
+        self._log.probe(step, flow, diagnosis)
+        if diagnosis.verdict == "nonfinite":
+            self._nonfinite(f"step {step}: {diagnosis.evidence.get('nonfinite')} NaN/inf "
+                            "values in the gradient through time")
+
+    def _nonfinite(self, problem: str) -> None:
+        message = f"watch: {problem}; try gradient clipping or a lower learning rate"
+        if self.nonfinite == "raise":
+            raise TrainingDiverged(message)
+        warnings.warn(message, stacklevel=3)
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        try:
+            if self._log is not None:
+                self.recorder.__exit__(exc_type, exc, traceback)
+                self._log.close(self._summary(exc_type, exc))
+        finally:
+            if self.flush:
+                flush_denormal(False)
+        return False
+
+    def _summary(self, exc_type, exc) -> dict:
+        status = ("watched" if exc_type is None else "interrupted"
+                  if issubclass(exc_type, KeyboardInterrupt) else "diverged"
+                  if issubclass(exc_type, TrainingDiverged) else "failed")
+        summary = {"status": status, "source": "watch", "name": self.name,
+                   "steps": self.step, "probes": len(self.history),
+                   "seconds": round(time.perf_counter() - self._started, 3),
+                   "final_loss": self._last_loss, "run_dir": str(self.out),
+                   "message": "" if exc is None else str(exc).splitlines()[0][:500]}
+        if self.recorder.recorded:  # the latest recording, with the model's evidence
+            summary.update(diagnose(self.recorder).report_fields())
+        return summary
+
+
+def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str = "warn",
+          flush_subnormals: bool = True, cell_state: bool = False,
+          name: str | None = None) -> Watch:
+    """Watch the gradient flow through time over your own training loop; writes the run
+    directory `out` (`rnnscope report OUT` renders it). A context manager with
+    `.log(**scalars)`; see `rnnscope.training.watch`.
+
+    `every`: record the first training step and every `every`-th (backward passes).
+    `nonfinite`: "warn" (default) or "raise" (TrainingDiverged) when a recording or a
+    logged number holds NaN/inf. `flush_subnormals`: flush subnormal floats to zero on
+    every thread while watching (on by default: vanishing gradients underflow into them
+    and x86 CPUs process them many times slower). `cell_state`: record dL/dc_t too.
+    """
+    return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
+                 cell_state=cell_state, name=name)
+
+
+def _rank() -> int:
+    distributed = torch.distributed
+    return distributed.get_rank() if distributed.is_available() and \
+        distributed.is_initialized() else 0
+
+
+def _describe(model: nn.Module, recorder: Recorder) -> dict:
+    """What was watched, for config.yaml: the class, its size and what record follows."""
+    return {"class": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "recurrent_layers": [name for name, _ in recorder.layers],
+            "cells": [name for name, _ in recorder.cells]}

@@ -1,0 +1,175 @@
+"""rnnscope.watch over a plain PyTorch loop: the run directory it writes, the probes equal
+to record() on the same weights and batch, the report, and the edges."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import rnnscope
+from rnnscope.figures.canvas import plt
+from rnnscope.figures.flow import flow_heatmap_figure
+from rnnscope.remedies.guard import TrainingDiverged
+from rnnscope.report.data import load_run
+from rnnscope.report.render import render_report
+from rnnscope.tasks import get_task
+from support import metrics_lines
+
+
+class Model(nn.Module):
+    def __init__(self, rnn: type[nn.Module] = nn.LSTM) -> None:
+        super().__init__()
+        self.rnn = rnn(2, 16)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][-1])
+
+
+def plain_loop(out, steps=60, every=5, keep_at=(), rnn=nn.LSTM, seq_len=12, **options):
+    """A training loop as users write one, with one `with watch(...)` around it; the
+    weights and batch of the steps in `keep_at`, as they were for that step's backward."""
+    torch.manual_seed(0)
+    model, task = Model(rnn), get_task("adding", seq_len=seq_len)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator, kept = torch.Generator().manual_seed(0), {}
+    with rnnscope.watch(model, out, every=every, **options) as watcher:
+        for step in range(1, steps + 1):
+            inputs, targets = task.batch(16, generator)
+            if step in keep_at:
+                kept[step] = ({k: v.clone() for k, v in model.state_dict().items()},
+                              inputs, targets)
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            watcher.log(loss=loss, lr=optimizer.param_groups[0]["lr"])
+    return watcher, model, kept
+
+
+def test_a_watched_loop_writes_a_run_directory_of_probes_and_curves(tmp_path):
+    watcher, _, _ = plain_loop(tmp_path / "run")
+    run = tmp_path / "run"
+    lines = metrics_lines(run)
+    probes = [line for line in lines if "flow" in line]
+    logged = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in probes] == [1, *range(5, 61, 5)]  # first, every 5th
+    assert [line["step"] for line in logged] == list(range(1, 61))
+    assert all(line["flow"]["layers"] == ["rnn.l0"] for line in probes)
+    assert all(line["verdict"] in ("vanishing", "healthy") for line in probes)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "watched" and summary["source"] == "watch"
+    assert summary["steps"] == 60 and summary["probes"] == 13 and summary["format"] == 1
+    assert summary["final_loss"] == pytest.approx(logged[-1]["loss"])
+    assert summary["diagnosis"]["verdict"] == probes[-1]["verdict"]
+    assert all("code" in fix for fix in summary["fix_details"])
+    assert "watch" in (run / "config.yaml").read_text()
+    assert [step for step, _ in watcher.history] == [line["step"] for line in probes]
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_the_norms_at_a_probe_equal_record_on_the_same_weights_and_batch(tmp_path):
+    _, _, kept = plain_loop(tmp_path / "run", keep_at=(5, 30))
+    probes = {line["step"]: line for line in metrics_lines(tmp_path / "run") if "flow" in line}
+    for step, (weights, inputs, targets) in kept.items():
+        model = Model()
+        model.load_state_dict(weights)  # an LSTM, as in the loop
+        with rnnscope.record(model) as rec:
+            nn.functional.mse_loss(model(inputs), targets).backward()
+        expected = rec.flow.norms[0].tolist()
+        assert probes[step]["flow"]["norms"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_report_of_a_watched_run_has_the_heat_map_of_every_probe_and_the_loss(tmp_path):
+    plain_loop(tmp_path / "run", rnn=nn.RNN, seq_len=60)  # a tanh RNN: the gradient vanishes
+    run = load_run(tmp_path / "run")
+    figure = flow_heatmap_figure(run.probes)
+    assert figure.axes[0].images[0].get_array().shape == (13, 60)  # probes x steps back
+    plt.close(figure)
+    report = render_report(tmp_path / "run")
+    page = report.html
+    assert report.figures == 3  # heat map, slices, curves
+    assert "Gradient flow over training" in page and "Loss and held-out metric" in page
+    assert "gradient norms (&quot;grad_norm&quot;) in metrics.jsonl" in page  # skipped, said
+    assert "60 training steps watched" in page
+    assert run.summary["diagnosis"]["verdict"] == "vanishing"
+    assert run.summary["fix_details"] and all(  # the fixes, flags and code
+        html.escape(fix["code"]) in page and html.escape(fix["cli"]) in page
+        for fix in run.summary["fix_details"])
+
+
+def test_nonfinite_numbers_warn_or_raise_and_the_summary_says_so(tmp_path):
+    model = Model()
+    x = torch.randn(12, 4, 2)
+    with pytest.warns(UserWarning, match="watch: step 1: loss not finite"), \
+            rnnscope.watch(model, tmp_path / "warned", every=1) as watcher:
+        model(x).sum().backward()
+        watcher.log(loss=math.nan)
+    with pytest.raises(TrainingDiverged, match="watch: step 1: loss not finite"), \
+            rnnscope.watch(model, tmp_path / "raised", every=1, nonfinite="raise") as watcher:
+        model(x).sum().backward()
+        watcher.log(loss=float("inf"))
+    summary = json.loads((tmp_path / "raised" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "loss not finite" in summary["message"]
+
+
+def test_flushing_is_switched_on_while_watching_and_off_after(tmp_path):
+    model = Model()
+    tiny = torch.tensor([1e-40])  # subnormal in float32
+    with rnnscope.watch(model, tmp_path / "a"):
+        assert (tiny * 1.0).item() == 0.0  # flushed
+    assert (tiny * 1.0).item() != 0.0
+    with rnnscope.watch(model, tmp_path / "b", flush_subnormals=False):
+        assert (tiny * 1.0).item() != 0.0
+
+
+def test_a_compiled_model_is_watched(tmp_path):
+    torch.manual_seed(0)
+    model = Model()
+    compiled = torch.compile(model, backend="eager")
+    with rnnscope.watch(compiled, tmp_path / "run", every=2) as watcher:
+        for _ in range(4):
+            compiled(torch.randn(12, 4, 2)).sum().backward()
+    assert [step for step, _ in watcher.history] == [1, 2, 4]
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    model = Model()
+    with rnnscope.watch(model, tmp_path / "run", every=1) as watcher:
+        model(torch.randn(12, 4, 2)).sum().backward()
+        watcher.log(loss=1.0)
+    assert not (tmp_path / "run").exists() and watcher.history == []
+    assert "forward" not in model.rnn.__dict__  # not even recorded on ranks > 0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"every": 0}, "every: must be an integer >= 1, got 0"),
+    ({"nonfinite": "stop"}, "nonfinite: unknown 'stop'; accepted: warn, raise"),
+    ({"out": ""}, "out: expected a directory path, got ''"),
+])
+def test_bad_arguments_name_the_field(tmp_path, kwargs, message):
+    arguments = {"out": tmp_path / "run", **kwargs}
+    with pytest.raises(ValueError) as error:
+        rnnscope.watch(Model(), **arguments)
+    assert str(error.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    plain_loop(tmp_path / "run", steps=2)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run"), \
+            rnnscope.watch(Model(), tmp_path / "run"):
+        pass
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left patched or flushed by the refusal
+        assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
