@@ -12,7 +12,7 @@ import torch
 from rnnscope.checks import integer
 from rnnscope.cli.common import EXIT_OK
 from rnnscope.figures.flow import plot_flow_profile
-from rnnscope.files import json_safe, write_json
+from rnnscope.files import blocking_file, check_file_target, json_safe, reason, write_json
 from rnnscope.flow.diagnosis import Context, diagnose
 from rnnscope.flow.recording import record
 from rnnscope.models.cells import CELLS
@@ -20,6 +20,7 @@ from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import TASKS, task_settings
 from rnnscope.training.config import ExperimentConfig
 from rnnscope.training.predict import PREDICT_STEPS, short_run
+from rnnscope.training.run import build_error
 
 EXAMPLES = """\
 examples:
@@ -43,8 +44,11 @@ examples:
   # a trained model: weights from a checkpoint (a state_dict, or {"model": state_dict})
   rnnscope diagnose --cell lstm --hidden 128 --checkpoint runs/lstm/checkpoints/last.pt
 
-Exit codes: 0 done, 2 bad input. Writes flow.png and diagnosis.json under --out.
+Exit codes: 0 done, 2 bad input. Writes flow.png and diagnosis.json under --out: a new
+or empty directory, or one that holds only an earlier diagnosis.
 """
+
+OUT_FILES = ("flow.png", "diagnosis.json")
 
 
 def register(subparsers) -> None:
@@ -80,13 +84,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # Validate everything before touching --out, so bad input leaves nothing behind.
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"out: {args.out} exists and is not a directory")
+    _check_out(args.out)
     config = _config(args)
-    task = config.task.build()
-    torch.manual_seed(args.seed)
-    model = config.model.build(task.input_size, task.output_size)
-    config.init.apply(model)
+    try:
+        task = config.task.build()
+        torch.manual_seed(args.seed)
+        model = config.model.build(task.input_size, task.output_size)
+        config.init.apply(model)
+        inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(args.seed))
+    except (RuntimeError, MemoryError) as error:
+        raise build_error(error) from None
     if args.checkpoint is not None and args.predict:
         raise ValueError("predict: trains from the initial weights; drop --checkpoint")
     if args.checkpoint is not None:
@@ -98,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
         context = run.context
 
     flush_denormal(True)  # see DESIGN.md: subnormals make CPU steps 10x slower
-    inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(args.seed))
     with record(model, cell_state=True) as recorder:
         output, _ = model(inputs)
         loss = task.loss(output, targets)
@@ -123,6 +129,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(args, seq_len, loss.item(), result, plot)
     return EXIT_OK
+
+
+def _check_out(out: Path) -> None:
+    """--out: new, empty, or an earlier diagnosis (its two files); never a directory of
+    someone else's files, which flow.png and diagnosis.json could overwrite."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out: {out} exists and is not a directory")
+        if out.is_dir():
+            foreign = sorted(entry.name for entry in out.iterdir()
+                             if entry.name not in OUT_FILES)
+            if foreign:
+                raise ValueError(f"out: {out} holds files that are not a diagnosis's (e.g. "
+                                 f"{foreign[0]}); choose a new or empty directory")
+            for name in OUT_FILES:
+                check_file_target("out", out / name)
+        elif blocking_file(out) is not None:
+            raise ValueError(f"out: cannot create {out} ({blocking_file(out)} is a file, "
+                             f"not a directory)")
+    except OSError as error:
+        raise ValueError(f"out: cannot use {out} ({reason(error)})") from None
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from rnnscope.checks import CONFIRM_RUNS, workers
 from rnnscope.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from rnnscope.files import json_safe
+
+STOPPED = "stopped"  # how --status shows a run left `running` by a study that is gone
 
 EXAMPLES = """\
 examples:
@@ -29,6 +33,9 @@ examples:
       --out /shared/studies/adding
   # on a local Ray (started for the study, shut down after it), 2 CPUs per run
   rnnscope study examples/adding-lengths.yaml --backend ray --cpus-per-run 2
+
+  # more than 500 runs ask first; a script confirms with --yes
+  rnnscope study big-grid.yaml --workers 2 --yes
 
 A study file:
   name: adding-remedies
@@ -75,6 +82,10 @@ def register(subparsers) -> None:
                         help="show the progress of the study in DIR and exit")
     parser.add_argument("--quiet", action="store_true", help="no line per finished run")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    parser.add_argument("--force", action="store_true",
+                        help="allow more --workers than this machine's CPU cores")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"start a study of more than {CONFIRM_RUNS} runs without asking")
     parser.set_defaults(func=run)
 
 
@@ -88,9 +99,11 @@ def run(args: argparse.Namespace) -> int:
     from rnnscope.study.workers import WorkerDied, make_runner, run_study
 
     # Options first: a missing Ray or a bad flag is refused before the file is read.
+    if args.backend == "local" and args.workers is not None:  # this machine's cores
+        workers("--workers", args.workers, force=args.force)
     runner = make_runner(args.backend, workers=args.workers, address=args.address,
                          cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
-    study = load_study(args.file)
+    study = load_study(args.file, confirm=lambda runs: _confirm_size(runs, args.yes))
     directory = args.out or Path("studies") / study.name
     talk = not (args.json or args.quiet)
     if talk:
@@ -136,15 +149,40 @@ def _options(args: argparse.Namespace) -> str:
                    for flag, value in given if value is not None)
 
 
+def _confirm_size(runs: int, yes: bool) -> None:
+    """A study of more than CONFIRM_RUNS runs (counted before exclusions) starts once
+    confirmed: --yes, or "y" at a terminal; without a terminal it is refused (a script
+    says --yes). Asked before the runs' configs are built, which takes a while."""
+    if runs <= CONFIRM_RUNS or yes:
+        return
+    question = (f"study: {runs:,} runs, more than {CONFIRM_RUNS}; at a minute a run "
+                f"that is {runs / 60 / 24:.1f} days of work")
+    if not sys.stdin.isatty():
+        raise ValueError(f"{question}; confirm with --yes")
+    answer = input(f"{question}. Start? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise ValueError("study: not started (answer y, or give --yes)")
+
+
 def _show_status(directory: Path, as_json: bool) -> int:
     from rnnscope.study.spec import open_store, result_line
+    from rnnscope.study.workers import study_running
 
     if not directory.is_dir():
         raise ValueError(f"--status: {directory} is not a directory; expected a study "
                          f"directory (made by rnnscope study)")
     store = open_store(directory, readonly=True)
-    rows, counts = store.rows(), store.counts()
-    store.close()
+    try:
+        rows, counts = store.rows(), store.counts()
+    finally:
+        store.close()
+    if counts["running"] and not study_running(directory):
+        # Claimed by a study that is gone (killed, or it hit a full disk): nothing trains
+        # them; the next `rnnscope study` resumes them.
+        rows = [dataclasses.replace(row, status=STOPPED) if row.status == "running" else row
+                for row in rows]
+        counts = {**{state: n for state, n in counts.items() if state != "running"},
+                  STOPPED: counts["running"]}
     if as_json:
         print(json.dumps(json_safe(_summary(directory.name, directory, rows)), indent=2,
                          allow_nan=False))

@@ -217,5 +217,21 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def study_running(directory: str | Path) -> bool:
+    """Whether a study process holds the lock of `directory` now (so its `running` runs
+    are being trained, not left so by a study that was killed or hit a full disk)."""
+    try:
+        handle = (Path(directory) / LOCK).open("r")
+    except OSError:
+        return False  # no lock file: no study ever ran here
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 __all__ = ["BACKENDS", "NO_RAY", "LocalRunner", "Runner", "WorkerDied", "execute",
-           "make_runner", "run_study"]
+           "make_runner", "run_study", "study_running"]

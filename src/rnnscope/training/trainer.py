@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
 from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
@@ -41,6 +42,8 @@ from rnnscope.training.distributed import LOCAL, SingleProcess
 from rnnscope.training.evaluation import Evaluation, HeldOut, held_out_numbers
 
 EVENTS = ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoint")
+CHECKPOINT_FIELDS = ("step", "clipped_steps", "model", "optimizer", "schedule", "clipper",
+                     "guard", "evaluation", "rng")
 
 
 @dataclass
@@ -273,7 +276,43 @@ class Trainer:
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda"
                         else []}}
 
+    def check_state_dict(self, state) -> None:
+        """A checkpoint's fields, checked before any is loaded: a file that torch reads but
+        whose fields are wrong (`step: -5`, `optimizer: 5`, a step past run.steps) is one
+        ValueError naming the field, before anything is changed or believed."""
+        if not isinstance(state, dict):
+            raise ValueError(f"must hold a mapping of fields, got {type(state).__name__}")
+        missing = [key for key in CHECKPOINT_FIELDS if key not in state]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing; a checkpoint holds "
+                             f"{', '.join(CHECKPOINT_FIELDS)}")
+        integer("step", state["step"], 0, self.config.run.steps)  # run.steps: config.yaml's
+        integer("clipped_steps", state["clipped_steps"], 0, state["step"])
+        for key in ("model", "optimizer", "schedule", "clipper", "guard", "rng"):
+            if not isinstance(state[key], dict):
+                raise ValueError(f"{key}: must be a mapping, got {type(state[key]).__name__}")
+        for key in ("skipped", "rollbacks", "consecutive", "survived"):
+            integer(f"guard.{key}", state["guard"].get(key), 0, state["step"])
+        for key in ("good_state", "candidate"):  # snapshots the guard rolls back to
+            snapshot = state["guard"].get(key)
+            if snapshot is not None and not (isinstance(snapshot, dict) and all(
+                    isinstance(snapshot.get(part), dict) for part in ("model", "optimizer"))):
+                raise ValueError(f"guard.{key}: must be none or a snapshot (model, optimizer)")
+        evaluation = state["evaluation"]
+        if evaluation is not None:
+            fields = {"step": int, "loss": float, "metric": float, "metric_name": str,
+                      "solved": bool}
+            if not isinstance(evaluation, dict) or set(evaluation) != set(fields) or not all(
+                    isinstance(evaluation[key], kind) for key, kind in fields.items()):
+                raise ValueError(f"evaluation: must be none or a mapping of "
+                                 f"{', '.join(fields)} of their types")
+        for key in ("data", "torch"):
+            value = state["rng"].get(key)
+            if not (isinstance(value, Tensor) and value.dtype == torch.uint8):
+                raise ValueError(f"rng.{key}: must be a generator state (a byte tensor)")
+
     def load_state_dict(self, state: dict) -> None:
+        self.check_state_dict(state)
         self.step, self.clipped_steps = state["step"], state["clipped_steps"]
         self.reach_history = list(state.get("reach_history", []))  # checkpoints of before
         self._last_update = state.get("last_update")
