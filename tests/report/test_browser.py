@@ -13,9 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from rnnscope.report.render import render_report
-from support import EVIL, EVIL_MESSAGE, EVIL_PARAM
+from support import EVIL, EVIL_MESSAGE, EVIL_PARAM, metrics_lines, watched_loop
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver", "/usr/lib/chromium/chromedriver")
@@ -152,3 +153,37 @@ def test_clicking_a_numeric_header_sorts_by_number(page):
     assert reach[3:] == ["-", "-"] and reach[:3] == sorted(reach[:3], key=int)
     click_header(page, "run")
     assert column_values(page, "run") == sorted(column_values(page, "run"), key=str.lower)
+
+
+# A run of the user's own loop (rnnscope.watch), rendered and opened as a user would.
+
+
+@pytest.fixture(scope="module")
+def watched_page(driver, tmp_path_factory):
+    """The report of a plain 60-step loop watched every 5 steps, loaded."""
+    run = tmp_path_factory.mktemp("watched") / "run"
+    watched_loop(run, steps=60, every=5, rnn=nn.RNN, seq_len=40)
+    report = render_report(run)
+    path = report.write()
+    driver.get_log("browser")
+    driver.get(Path(path).as_uri())
+    return LoadedPage(driver, driver.get_log("browser")), report, run
+
+
+def test_a_watched_run_renders_its_heat_map_and_logged_loss(watched_page):
+    page, report, run = watched_page
+    assert page.evaluate("document.readyState") == "complete"
+    assert [e for e in page.log if e.get("level") in ("SEVERE", "ERROR")] == []
+    figures = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, "
+                            "i.naturalWidth, i.naturalHeight])")
+    shown = {alt.split(":")[0]: done and width > 0 and height > 0
+             for alt, done, width, height in figures}
+    assert shown == {"Gradient flow over training": True,
+                     "Gradient norm against steps back at the first, middle and last probe":
+                         True,
+                     "Loss and held-out metric against chance and the solved threshold": True}
+    probes = [line for line in metrics_lines(run) if "flow" in line]
+    assert len(probes) == 13  # the heat map's rows: step 1, then every 5th of 60
+    text = page.evaluate("document.body.innerText")
+    assert "60 training steps watched" in text and "13 recordings of the gradient flow" in text
+    assert "skipped: needs gradient norms" in text  # the clipping figure says what it needs
