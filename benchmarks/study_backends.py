@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -33,31 +32,8 @@ from rnnscope.study.ray_backend import RayRunner
 from rnnscope.study.spec import study_from_dict
 from rnnscope.study.workers import run_study
 from rnnscope.training.run import train
-
-
-def study_data(seq_len: int, hidden: int, steps: int) -> dict:
-    return {"name": "bench",
-            "base": {"task": {"name": "adding", "seq_len": seq_len},
-                     "model": {"hidden": hidden}, "clip": "norm:1.0",
-                     "probe": {"histograms": False},
-                     "run": {"steps": steps, "batch": 32, "eval_every": 50,
-                             "early_stop": False}},
-            "grid": {"cell": ["rnn_tanh", "lstm", "gru"], "seed": [0, 1]}}
-
-
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it, with its family and model numbers (a
-    virtual machine may name only the brand: "AMD EPYC")."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {}
-    for line in text.split("\n\n")[0].splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return (f"{fields.get('model name', platform.machine())} (family "
-            f"{fields.get('cpu family', '?')}, model {fields.get('model', '?')})")
+from study_parallel import study_data  # benchmarks/: run as a script
+from timing import cpu_model
 
 
 def results(rows) -> dict:
