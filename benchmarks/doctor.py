@@ -159,7 +159,8 @@ def label(case: Case, rows: dict) -> None:
         case.labels.update(("nonfinite", "exploding"))
     for kind in ("full", "lr_up", "lr_base", "lr_down", "gated", "longer"):
         if solved.get(kind):
-            case.labels.update(("nonfinite",) if kind == "lr_down" and diverged
+            # a tenth of the rate heals: exploding, and nonfinite only where NaN/inf came
+            case.labels.update(("exploding",) if kind == "lr_down" and not diverged
                                else CAUSES[kind])
     order = ("truncated", "stalled", "nonfinite", "exploding", "vanishing", "healthy")
     # Nothing healed it: no verdict can be shown right or wrong, so it is not scored.

@@ -1,0 +1,125 @@
+"""The diagnosis suite (benchmarks/doctor.py): labels come from what training heals, never
+from rnnscope's verdict; scores count a verdict right only when it is one of the labels.
+The full suite is a benchmark (BENCHMARKS.md); here its rules, on study rows made by
+hand, and one small end-to-end run of the script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnnscope.study.store import StudyRow
+from support import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+
+
+@pytest.fixture
+def doctor(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import doctor
+
+    return doctor
+
+
+def rows_of(case: str, **outcomes) -> dict:
+    """Study rows of one case: kind=True solved, False finished unsolved, "diverged"."""
+    rows = {}
+    for kind, outcome in outcomes.items():
+        result = {"status": outcome if isinstance(outcome, str) else "finished",
+                  "solved": outcome is True}
+        rows[f"{case}.{kind}"] = StudyRow(f"{case}.{kind}", 0, {}, {}, "done", result, 1, 1,
+                                          1.0)
+    return rows
+
+
+@pytest.mark.parametrize(("outcomes", "labels", "primary"), [
+    ({"baseline": True, "gated": False}, {"healthy"}, "healthy"),
+    ({"baseline": False, "gated": True, "lr_up": False}, {"vanishing"}, "vanishing"),
+    ({"baseline": False, "full": True, "gated": True}, {"truncated", "vanishing"},
+     "truncated"),
+    ({"baseline": False, "lr_base": True, "gated": False}, {"stalled"}, "stalled"),
+    ({"baseline": False, "lr_down": True}, {"exploding"}, "exploding"),
+    ({"baseline": "diverged", "lr_down": False}, {"exploding", "nonfinite"}, "nonfinite"),
+    ({"baseline": False, "gated": False, "longer": True}, {"healthy"}, "healthy"),
+    ({"baseline": False, "gated": False, "lr_up": False, "longer": False}, set(),
+     "unlabelled"),
+])
+def test_a_case_is_labelled_by_what_heals_it(doctor, outcomes, labels, primary):
+    case = doctor.Case("c", {})
+    doctor.label(case, rows_of("c", **outcomes))
+    assert (case.labels, case.primary) == (labels, primary)
+
+
+def test_scores_count_labels_and_leave_out_what_nothing_heals(doctor):
+    def case(name, labels, primary, verdicts, fixes=None, healed=None):
+        return doctor.Case(name, {}, labels=set(labels), primary=primary,
+                           verdicts=verdicts, fixes=fixes or {}, healed=healed or {})
+
+    cases = [
+        case("solves", ["healthy"], "healthy", {"early": "vanishing"},
+             {"early": {"init": "chrono:40"}}, {"early": True}),
+        case("gated-heals", ["vanishing"], "vanishing", {"early": "vanishing"},
+             {"early": {"cell": "lstm"}}, {"early": False}),
+        case("cut", ["truncated", "vanishing"], "truncated", {"early": "vanishing"}),
+        case("nothing-heals", [], "unlabelled", {"early": "exploding"}),
+    ]
+    early = doctor.score(cases)["points"]["early"]
+    assert (early["judged"], early["right"]) == (3, 2)
+    assert early["false_alarms"] == ["solves"]  # solved as written, called vanishing
+    assert (early["fixes"], early["healed"], early["heal_share"]) == (2, 1, 0.5)
+    assert early["wrong"] == {"solves": "vanishing (labels healthy)"}
+    assert early["per_verdict"]["vanishing"] == {"said": 3, "precision": 2 / 3, "cases": 1,
+                                                 "recall": 1.0}
+    assert doctor.score(cases)["unlabelled"] == ["nothing-heals"]
+
+
+def test_the_interventions_that_apply(doctor):
+    base, cases = doctor.load(doctor.CASES, quick=False)
+    by_name = {case.name: case for case in cases}
+    kinds = {name: set(doctor.interventions(base, by_name[name])) for name in (
+        "add-T100-lstm-chrono", "to-L40-lstm-chrono-window5", "add-T20-tanh-lr1e-6")}
+    assert kinds["add-T100-lstm-chrono"] == {"baseline", "lr_up", "lr_down"}  # gated already
+    assert kinds["to-L40-lstm-chrono-window5"] == {"baseline", "full", "lr_up", "lr_down"}
+    assert kinds["add-T20-tanh-lr1e-6"] == {"baseline", "gated", "lr_up", "lr_base",
+                                            "lr_down"}
+    gated = doctor.interventions(base, by_name["to-L40-tanh"])["gated"]
+    assert gated == {"cell": "lstm", "init": "chrono:36"}  # temporal order: L - L // 10
+    assert doctor.fix_variant({"bptt.window": "none", "cell": "lstm"}) == {
+        "bptt.window": None, "model.cell": "lstm"}
+
+
+def test_the_script_labels_judges_and_scores_a_small_suite(tmp_path):
+    """Two tiny cases end to end: a null task nothing can learn, and an LSTM cut by a
+    window of 2 steps; every verdict is judged at the three points of the baseline run."""
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        "base:\n"
+        "  model: {hidden: 8, engine: native}\n"
+        "  optim: {name: adam, lr: 0.01}\n"
+        "  probe: {every: 10, histograms: false}\n"
+        "  run: {steps: 20, batch: 8, eval_every: 10, eval_batches: 1, checkpoint_every: 0}\n"
+        "quick:\n  base: {}\n  cases: {noise: [lr_up], cut: [full]}\n"
+        "cases:\n"
+        "  - {name: noise, task.name: noise, seq_len: 6, cell: lstm}\n"
+        "  - {name: cut, task.name: adding, seq_len: 8, cell: lstm, window: 2}\n")
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "doctor.py"), "--quick", "--json", "--cases",
+         str(cases), "--out", str(tmp_path / "out"), "--workers", "1"],
+        capture_output=True, text=True, timeout=600, cwd=BENCHMARKS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    exam = json.loads(result.stdout[result.stdout.index("{"):])
+    by_name = {case["name"]: case for case in exam["cases"]}
+    assert set(by_name) == {"noise", "cut"}
+    for case in by_name.values():
+        assert set(case["verdicts"]) == {"init", "early", "end"}
+    # The cut LSTM is told its window (2) is shorter than the adding problem's horizon.
+    assert by_name["cut"]["verdicts"]["init"] == "truncated"
+    # 20 steps solve neither; each ran its baseline and its named intervention.
+    runs = sorted(p.name for p in (tmp_path / "out" / "doctor-quick-labels" / "runs").iterdir()
+                  if not p.name.startswith("."))  # the runs' lock files
+    assert runs == ["cut.baseline", "cut.full", "noise.baseline", "noise.lr_up"]
+    assert exam["scores"]["cases"] == 2
