@@ -27,6 +27,7 @@ the same budget: the fix heals when that run solves the task.
     python benchmarks/doctor.py                # 45 cases, ~250 runs: an hour on 2 cores
     python benchmarks/doctor.py --quick        # the subset `make test` runs
     python benchmarks/doctor.py --json         # the numbers, machine-readable
+    python benchmarks/doctor.py --no-run       # score what --out holds so far
 """
 
 from __future__ import annotations
@@ -133,13 +134,7 @@ def run(name: str, base: dict, variants: list[dict], out: Path, workers: int):
 
 def _done(directory: Path) -> list[str]:
     """The runs a study directory holds done already (none when it is new)."""
-    if not (directory / "study.db").is_file():
-        return []
-    store = StudyStore(directory / "study.db", readonly=True)
-    try:
-        return [row.name for row in store.rows() if row.status == "done"]
-    finally:
-        store.close()
+    return list(_rows(directory))
 
 
 def _solved(row) -> bool:
@@ -293,9 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("studies"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-run", action="store_true",
+                        help="score what --out holds, run nothing: cases whose labelling "
+                             "runs are not all done are left out, fixes not yet run too")
     args = parser.parse_args(argv)
     base, cases = load(args.cases, args.quick)
     name = "doctor-quick" if args.quick else "doctor"
+    if args.no_run:
+        cases = held(base, cases, args.out / f"{name}-labels", args.out / f"{name}-fixes")
+        return report(cases, args.json)
     # The labels in three rounds of one study (it grows; what is done stays done): every
     # case as written; the interventions for those that did not solve; more steps for
     # those nothing healed.
@@ -336,8 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             for point, change in case.fixes.items():
                 run_name, _ = runs[(case.name, json.dumps(change, sort_keys=True))]
                 case.healed[point] = _solved(fixed.get(run_name))
+    return report(cases, args.json)
+
+
+def report(cases: list[Case], as_json: bool) -> int:
     scores = score(cases)
-    if args.json:
+    if as_json:
         print(json.dumps({"scores": scores, "cases": [
             {"name": c.name, "labels": sorted(c.labels), "primary": c.primary,
              "verdicts": c.verdicts, "fixes": c.fixes, "healed": c.healed} for c in cases]},
@@ -345,6 +350,50 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_tables(cases, scores)
     return 0
+
+
+def held(base: dict, cases: list[Case], labels: Path, fixes: Path) -> list[Case]:
+    """The cases whose labels the study directories hold complete (the baseline solved, or
+    every intervention done, and more steps where nothing else healed), labelled and
+    judged; a fix counts only where its run is done."""
+    rows = _rows(labels)
+    fixed = _rows(fixes)
+    complete = []
+    for case in cases:
+        kinds = list(interventions(base, case))
+        done = {k: f"{case.name}.{k}" in rows for k in (*kinds, "longer")}
+        if not done["baseline"]:
+            continue
+        if not _solved(rows[f"{case.name}.baseline"]):
+            if not all(done[k] for k in kinds):
+                continue
+            healed = any(_solved(rows[f"{case.name}.{k}"]) for k in kinds)
+            if not healed and "longer" in case.tried and not done["longer"]:
+                continue
+        label(case, rows)
+        judge(case, labels / "runs" / f"{case.name}.baseline")
+        for point in list(case.fixes):
+            row = fixed.get(f"{case.name}.{point}")
+            if row is None:
+                del case.fixes[point]
+            else:
+                case.healed[point] = _solved(row)
+        complete.append(case)
+    left = [case.name for case in cases if case not in complete]
+    if left:
+        print(f"left out, labelling runs not all done: {', '.join(left)}", file=sys.stderr)
+    return complete
+
+
+def _rows(directory: Path) -> dict:
+    """The done rows of a study directory, by run name."""
+    if not (directory / "study.db").is_file():
+        return {}
+    store = StudyStore(directory / "study.db", readonly=True)
+    try:
+        return {row.name: row for row in store.rows() if row.status == "done"}
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":
