@@ -179,9 +179,11 @@ def judge(case: Case, run_dir: Path) -> None:
             (e["solved"] for e in reversed(evals) if e["step"] <= probe["step"]), None)
         earlier = tuple(p["reach"] for p in probes if p["step"] < probe["step"]
                         and isinstance(p.get("reach"), int))[-8:]
+        updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]
+                   and isinstance(p.get("update_ratio"), float)]
         context = Context(horizon=task.reach_needed, window=config.bptt.window,
                           solved=solved, update_ratio=probe.get("update_ratio"),
-                          earlier_reach=earlier)
+                          earlier_reach=earlier, largest_update=max(updates, default=None))
         diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
                              current=config.as_flags(), context=context)
         case.verdicts[point] = diagnosis.verdict

@@ -212,3 +212,33 @@ def test_remedies_reach_far_further_than_the_tanh_rnn():
     assert irnn.reach == 200 and irnn.verdict == "healthy"
     assert chrono.reach > 3 * tanh.reach
     assert tanh.evidence["lyapunov_max"] < chrono.evidence["lyapunov_max"]
+
+
+def test_an_update_larger_than_the_weights_is_exploding_and_a_smaller_rate_comes_first():
+    """The doctor suite's adding problem with Adam at lr 1.0: its first update moved the
+    weights by 5.2x their norm, the units saturated, and only a tenth of the rate, clipped,
+    solved it. The flow itself need not grow."""
+    flow = flow_from_profile([0.99**s for s in range(50)])  # a healthy-looking profile
+    result = diagnose(flow, lr=1.0, context=Context(horizon=50, update_ratio=5.2))
+    assert result.verdict == "exploding" and result.evidence["cause"] == "update"
+    assert result.fixes[0].change == {"lr": "0.1", "clip": "norm:1.0"}
+    assert "5.2x their norm" in result.summary()
+    # At the threshold (an update as large as the weights) it is not yet a verdict.
+    assert diagnose(flow, context=Context(horizon=50, update_ratio=1.0)).verdict == "healthy"
+    # A flow that grows keeps its own cause and fixes.
+    growing = diagnose(flow_from_profile([1.1**s for s in range(100)]),
+                       context=Context(update_ratio=5.0))
+    assert growing.verdict == "exploding" and "cause" not in growing.evidence
+
+
+def test_an_earlier_huge_update_stays_the_cause_after_the_units_saturate():
+    """After the lr-1.0 run's first update its reach fell to 1 step and its updates to
+    1e-5: stalled by today's numbers alone, exploding by its history."""
+    dead = flow_from_profile([1.0] + [1e-9] * 49)
+    alone = diagnose(dead, lr=1.0, context=Context(horizon=50, update_ratio=1e-5))
+    assert alone.verdict == "stalled"
+    remembered = diagnose(dead, lr=1.0, context=Context(horizon=50, update_ratio=1e-5,
+                                                        largest_update=5.2))
+    assert remembered.verdict == "exploding"
+    assert remembered.evidence["largest_update"] == 5.2
+    assert remembered.fixes[0].change == {"lr": "0.1", "clip": "norm:1.0"}

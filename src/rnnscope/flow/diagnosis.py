@@ -10,7 +10,9 @@ The verdicts, in the order they are decided:
     nonfinite   a NaN or inf in the gradient through time
     healthy     the task is solved: whatever the profile, there is nothing to fix
     exploding   the gradient grows going back (rate > 1 and the largest norm >= 100x the
-                norm where the loss enters)
+                norm where the loss enters), or an update, this one or an earlier, moved
+                the weights by more than their own norm (||dtheta|| / ||theta|| > 1: a
+                rate far too large, after which units saturate and the flow dies)
     stalled     updates are too small to move the weights (||dtheta|| / ||theta|| below
                 1e-4): the learning rate, not the gradient's path, holds training back
     truncated   truncated BPTT with a window shorter than the horizon: no gradient can
@@ -39,6 +41,7 @@ from rnnscope.flow.recording import Recorder
 
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 STALLED_UPDATE = 1e-4  # ||dtheta|| / ||theta|| below this: the weights barely move
+HUGE_UPDATE = 1.0  # above this an update outweighs the weights themselves
 # The order matters to the Lightning callback's `verdict` code (its index here).
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite", "truncated", "stalled")
 
@@ -52,6 +55,7 @@ class Context:
     solved: bool | None = None  # the held-out metric is below the task's threshold
     update_ratio: float | None = None  # ||dtheta|| / ||theta|| of the latest update
     earlier_reach: tuple[int, ...] = ()  # the reach at earlier recordings, oldest first
+    largest_update: float | None = None  # the largest update ratio of earlier recordings
 
 
 @dataclass
@@ -98,6 +102,10 @@ class Diagnosis:
         if self.verdict == "nonfinite":
             return (f"{self.evidence.get('nonfinite', 'some')} gradient values are NaN or inf; "
                     "the update would spread them into every weight")
+        if self.verdict == "exploding" and self.evidence.get("cause") == "update":
+            return (f"an update moved the weights by "
+                    f"{_format(self.evidence.get('largest_update'))}x their norm: the learning "
+                    "rate is far too large")
         if self.verdict == "exploding":
             return (f"the gradient grows going back in time ({per_step}); its largest norm is "
                     f"{_format(self.evidence.get('growth', float('nan')))}x the norm at the loss")
@@ -146,12 +154,16 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     if horizon is not None or window is not None:
         context = Context(horizon if horizon is not None else context.horizon,
                           window if window is not None else context.window, context.solved,
-                          context.update_ratio, context.earlier_reach)
+                          context.update_ratio, context.earlier_reach,
+                          context.largest_update)
     stats, best = _rows(flow)
     nonfinite = flow.nonfinite + nonfinite_norms(flow.norms)
     target = best.length if context.horizon is None else context.horizon  # the reach needed
     verdict = _verdict(stats, best, nonfinite, context, target)
     evidence = _flow_evidence(flow, stats, best, nonfinite)
+    if verdict == "exploding" and not _grows(stats):
+        evidence["cause"] = "update"  # the update's size, not the flow through time
+        evidence["largest_update"] = _largest_update(context)
     evidence.update({key: value for key, value in (
         ("horizon", context.horizon), ("window", context.window),
         ("update_ratio", context.update_ratio), ("solved", context.solved))
@@ -168,7 +180,8 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
                        grad_norm=evidence.get("grad_norm_total"), lr=lr,
                        init=current.get("init"),
                        explosive=float(evidence.get("lyapunov_max", -1.0)) > 0,
-                       update_ratio=context.update_ratio, window=context.window)
+                       update_ratio=_largest_update(context) if verdict == "exploding"
+                       else context.update_ratio, window=context.window)
     fixes = [f for f in fixes if any(current.get(k) != v for k, v in f.change.items())]
     return Diagnosis(verdict, best.reach, best.rate, best.length, evidence, fixes)
 
@@ -191,13 +204,23 @@ def _verdict(stats: list[ProfileStats], best: ProfileStats, nonfinite: int,
         return "nonfinite"
     if context.solved:
         return "healthy"
-    if any(s.rate > 1.0 and s.growth >= EXPLODING_GROWTH for s in stats):
+    if _grows(stats):
+        return "exploding"
+    if _largest_update(context) > HUGE_UPDATE:
         return "exploding"
     if context.update_ratio is not None and context.update_ratio < STALLED_UPDATE:
         return "stalled"
     if context.window is not None and context.window < target:
         return "truncated"
     return "vanishing" if best.reach < min(target, best.length) else "healthy"
+
+
+def _largest_update(context: Context) -> float:
+    return max(context.update_ratio or 0.0, context.largest_update or 0.0)
+
+
+def _grows(stats: list[ProfileStats]) -> bool:
+    return any(s.rate > 1.0 and s.growth >= EXPLODING_GROWTH for s in stats)
 
 
 def _flow_evidence(flow: GradientFlow, stats: list[ProfileStats], best: ProfileStats,

@@ -110,11 +110,19 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
     `steps` is the horizon the gradient must span; `init` the scheme in force (e.g.
     "chrono:200"); `explosive` says the dynamics themselves grow (top Lyapunov exponent
     > 0), which for a non-finite verdict puts the cause (the weights) before the guard;
-    `update_ratio` (||dtheta|| / ||theta||) sizes a stalled run's larger rate.
+    `update_ratio` (||dtheta|| / ||theta||) sizes a stalled run's larger rate, and above 1
+    puts a smaller rate first for an exploding one.
     """
     smaller_lr = {"lr": f"{lr / 10:g}"} if lr else {"lr": "<a tenth of the current>"}
     if verdict == "nonfinite":
         return _nonfinite_fixes(smaller_lr, explosive)
+    if verdict == "exploding" and update_ratio is not None and update_ratio > 1.0:
+        # An update larger than the weights: the rate, not the path through time.
+        return [Fix("smaller learning rate, clipped", f"each update moves the weights by "
+                    f"{update_ratio:.2g}x their norm; a tenth of the rate with clipping by "
+                    "norm 1 keeps a step inside the weights", {**smaller_lr,
+                                                               "clip": "norm:1.0"}),
+                *_exploding_fixes(smaller_lr, cell, grad_norm, growth)]
     if verdict == "exploding":
         return _exploding_fixes(smaller_lr, cell, grad_norm, growth)
     if verdict == "vanishing":

@@ -49,4 +49,5 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
     return ShortRun(weights, Context(
         horizon=short.task.build().reach_needed, window=config.bptt.window,
         solved=result.solved, update_ratio=updates[-1] if updates else None,
-        earlier_reach=tuple(line["reach"] for line in probes)))
+        earlier_reach=tuple(line["reach"] for line in probes),
+        largest_update=max(updates[:-1]) if len(updates) > 1 else None))

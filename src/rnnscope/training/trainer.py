@@ -110,6 +110,7 @@ class Trainer:
         self.evaluation: Evaluation | None = None
         self.reach_history: list[int] = []  # the reach at each probe so far
         self._last_update: float | None = None
+        self.largest_update: float | None = None  # of the probed steps before the latest
         self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
         self.guard = Guard(config.guard, snapshot=self.snapshot, restore=self.restore,
                            scale_lr=self.schedule.scale_by)
@@ -214,6 +215,8 @@ class Trainer:
         state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags(),
                                    context=self.context(state.update_ratio))
         self.reach_history.append(state.diagnosis.reach)
+        if state.update_ratio is not None and math.isfinite(state.update_ratio):
+            self.largest_update = max(self.largest_update or 0.0, state.update_ratio)
 
     def context(self, update: float | None = None) -> Context:
         """What the diagnosis is told of this run besides a flow."""
@@ -221,7 +224,8 @@ class Trainer:
         return Context(horizon=self.task.reach_needed, window=self.config.bptt.window,
                        solved=evaluation.solved if evaluation is not None else None,
                        update_ratio=update if update is not None else self.last_update(),
-                       earlier_reach=tuple(self.reach_history[-8:]))
+                       earlier_reach=tuple(self.reach_history[-8:]),
+                       largest_update=self.largest_update)
 
     def last_update(self) -> float | None:
         """The update ratio of the latest probed step."""
@@ -269,6 +273,7 @@ class Trainer:
         evaluation = self.evaluation.__dict__ if self.evaluation is not None else None
         return {"step": self.step, "clipped_steps": self.clipped_steps,
                 "reach_history": list(self.reach_history), "last_update": self._last_update,
+                "largest_update": self.largest_update,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
                 "guard": self.guard.state_dict(), "evaluation": evaluation,
@@ -316,6 +321,7 @@ class Trainer:
         self.step, self.clipped_steps = state["step"], state["clipped_steps"]
         self.reach_history = list(state.get("reach_history", []))  # checkpoints of before
         self._last_update = state.get("last_update")
+        self.largest_update = state.get("largest_update")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

@@ -61,6 +61,7 @@ class Watch:
         self.horizon = None if horizon is None else integer("horizon", horizon, 1)
         self.model = model
         self._before: dict | None = None  # the weights a recorded step started from
+        self._largest_update: float | None = None  # of the recorded steps so far
         self.recorder = Recorder(model, every=integer("every", every, 1),
                                  cell_state=cell_state)
         self.history: list[tuple[int, Diagnosis]] = []  # (step, diagnosis) per recording
@@ -111,8 +112,12 @@ class Watch:
         if self._before is not None:
             ratio = float(update_ratio(self._before, dict(self.model.named_parameters()))[
                 "update_ratio_total"])
-        return Context(horizon=self.horizon, update_ratio=ratio or None,
-                       earlier_reach=tuple(d.reach for _, d in self.history[-8:]))
+        context = Context(horizon=self.horizon, update_ratio=ratio or None,
+                          earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
+                          largest_update=self._largest_update)
+        if ratio and math.isfinite(ratio):
+            self._largest_update = max(self._largest_update or 0.0, ratio)
+        return context
 
     def _probe(self, step: int, flow: GradientFlow) -> None:
         diagnosis = diagnose(flow, context=self._context())
@@ -149,7 +154,8 @@ class Watch:
                    "message": "" if exc is None else str(exc).splitlines()[0][:500]}
         if self.recorder.recorded:  # the latest recording, with the model's evidence
             context = Context(horizon=self.horizon,
-                              earlier_reach=tuple(d.reach for _, d in self.history[-8:]))
+                              earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
+                              largest_update=self._largest_update)
             summary.update(diagnose(self.recorder, context=context).report_fields())
         return summary
 
