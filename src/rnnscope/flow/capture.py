@@ -1,37 +1,41 @@
 """What `record` keeps of one recorded training step: rows of hooked states.
 
 A row is created where a state is first seen and grows a slot per step; each slot's
-tensor gets a hook that adds dL/dstate to the slot in backward. Rows are ordered as the
-model's modules are (`named_modules`), then by run, layer, direction and state, then
-the marked rows in the order they were first marked.
+tensor gets a hook that adds dL/dstate to the slot in backward. A layer run by the fused
+engine (`models/fused.py`) adds a block of steps at once instead: three gradients (of
+its output, its final state and its recurrence) from which the block's dL/dh_t is
+assembled when the flow is read. Rows are ordered as the model's modules are
+(`named_modules`), then by run, layer, direction and state, then the marked rows in the
+order they were first marked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnscope.flow.gradients import RowGradients
+from rnnscope.models.unrolled import Batch
 
 
 class Row:
-    """One state followed through time: a slot per step, filled by its hook."""
+    """One state followed through time: a slot per step, filled by its hook, or blocks of
+    steps filled by a fused layer."""
 
     def __init__(self, name: str, reverse: bool, state: str, capture: Capture) -> None:
         self.name, self.reverse, self.state = name, reverse, state
         self.grads: list[Tensor | None] = []
         self.sizes: list[int] = []
         self.positions: list[Tensor | None] = []
+        self.blocks: list[tuple[int, FusedLayer, int]] = []  # (first step, layer, direction)
         self._capture = capture
 
     def put(self, index: int, tensor: Tensor, positions: Tensor | None = None) -> None:
         """`tensor` is this row's state at step `index`; its gradient lands in that slot."""
-        while len(self.grads) <= index:
-            self.grads.append(None)
-            self.sizes.append(0)
-            self.positions.append(None)
+        self._grow(index + 1)
         self.sizes[index] = tensor.numel() // tensor.shape[-1] if tensor.dim() else 1
         self.positions[index] = positions
         if tensor.requires_grad:
@@ -40,6 +44,21 @@ class Row:
     def append(self, tensor: Tensor) -> None:
         self.put(len(self.grads), tensor)
 
+    def put_block(self, layer: FusedLayer, direction: int) -> None:
+        """The steps of one direction of a fused layer, after those the row has."""
+        first = len(self.grads)
+        self._grow(first + len(layer.active))
+        for t, size in enumerate(layer.active):
+            self.sizes[first + t] = size
+            self.positions[first + t] = None if layer.order is None else layer.order[:size]
+        self.blocks.append((first, layer, direction))
+
+    def _grow(self, steps: int) -> None:
+        while len(self.grads) < steps:
+            self.grads.append(None)
+            self.sizes.append(0)
+            self.positions.append(None)
+
     def _store(self, index: int, grad: Tensor) -> None:
         grad = grad.detach()
         previous = self.grads[index]
@@ -47,9 +66,108 @@ class Row:
         self.grads[index] = grad if previous is None else previous + grad
         self._capture.reached()
 
+    @property
+    def reached(self) -> bool:
+        return any(g is not None for g in self.grads) or any(
+            layer.reached for _, layer, _ in self.blocks)
+
     def gradients(self) -> RowGradients:
-        return RowGradients(self.name, self.reverse, self.state, self.grads, self.sizes,
-                            self.positions)
+        if len(self.blocks) == 1 and len(self.blocks[0][1].active) == len(self.grads):
+            _, layer, direction = self.blocks[0]  # the whole row is one fused run
+            grads, live = layer.caller_order(*layer.totals(direction))
+        else:
+            slots = list(self.grads)
+            for first, layer, direction in self.blocks:
+                if layer.reached:
+                    totals, _ = layer.totals(direction)
+                    for t, size in enumerate(layer.active):
+                        slots[first + t] = totals[t, :size]
+            grads, live = _padded(slots, self.sizes, self.positions)
+        return RowGradients(self.name, self.reverse, self.state, grads, live)
+
+
+class FusedLayer:
+    """One layer of a fused run (`models/fused.py`, its `LayerProbe`): the gradients of
+    its output, of its final h and through its recurrence, each summed over backward
+    passes; dL/dh_t of each direction is assembled from them when the flow is read."""
+
+    def __init__(self, capture: Capture, batch: Batch) -> None:
+        self._capture = capture
+        self.active = batch.active  # live rows per step, longest sequences first
+        packed = batch.packed
+        self.order = packed.sorted_indices if packed is not None else None
+        self._unsorted = packed.unsorted_indices if packed is not None else None
+        self._packed = packed is not None
+        self._parts: dict[str, Tensor] = {}
+        self._like: Tensor | None = None
+
+    @property
+    def reached(self) -> bool:
+        return bool(self._parts)
+
+    def recurrent(self, grad: Tensor) -> None:
+        self._add("recurrent", grad)
+
+    def ran(self, output: Tensor, final: Tensor) -> None:
+        self._like = final  # [D, B, P]: the shape, dtype and device of the parts
+        for key, tensor in (("output", output), ("final", final)):
+            if tensor.requires_grad:
+                tensor.register_hook(lambda grad, key=key: self._add(key, grad))
+
+    def _add(self, key: str, grad: Tensor) -> None:
+        grad = grad.detach()
+        previous = self._parts.get(key)
+        self._parts[key] = grad if previous is None else previous + grad
+        self._capture.reached()
+
+    def totals(self, direction: int) -> tuple[Tensor, Tensor]:
+        """dL/dh_t of one direction, [T, B, P], and the live mask [T, B]; rows in the
+        engine's order (packed: longest first), zero where a row is not live."""
+        steps, batch = len(self.active), self.active[0]
+        width = self._like.shape[-1]
+        live = torch.ones(steps, batch, dtype=torch.bool, device=self._like.device)
+        if self._packed:
+            sizes = torch.tensor(self.active, device=live.device).unsqueeze(1)
+            live = torch.arange(batch, device=live.device) < sizes
+        output, recurrent = (self._steps(key, direction, width, live)
+                             for key in ("output", "recurrent"))
+        final = self._parts.get("final")
+        final = final[direction] if final is not None else self._like.new_zeros(batch, width)
+        total = output.clone()
+        if direction == 1:  # reverse: h_t feeds step t - 1; h_n is the state at t = 0
+            total[1:] += recurrent[:-1]
+            total[0] += final
+        elif not self._packed:  # forward: h_t feeds step t + 1; h_n is h_T
+            total[:-1] += recurrent[1:]
+            total[-1] += final
+        else:  # a row's h_n is its state at its own last step, where it stops being live
+            continues = torch.zeros_like(live)
+            continues[:-1] = live[1:]
+            following = torch.zeros_like(recurrent)
+            following[:-1] = recurrent[1:]
+            total += torch.where(continues.unsqueeze(-1), following, final)
+        if self._packed:  # the reverse run's first step fed the initial state, not a step
+            total.masked_fill_(~live.unsqueeze(-1), 0)
+        return total, live
+
+    def _steps(self, key: str, direction: int, width: int, live: Tensor) -> Tensor:
+        """One direction's columns of a part as [T, B, P] (zeros when it never came)."""
+        part = self._parts.get(key)
+        if part is None:
+            return self._like.new_zeros(*live.shape, width)
+        part = part[..., direction * width:(direction + 1) * width]
+        if not self._packed:
+            return part
+        # Packed data is step-major, longest first: the order of the live mask's True entries.
+        padded = part.new_zeros(*live.shape, width)
+        padded[live] = part
+        return padded
+
+    def caller_order(self, grads: Tensor, live: Tensor) -> tuple[Tensor, Tensor]:
+        if self._unsorted is None:
+            return grads, live
+        index = self._unsorted.to(grads.device)
+        return grads.index_select(1, index), live.index_select(1, index)
 
 
 class Capture:
@@ -79,11 +197,10 @@ class Capture:
         """The rows in the model's order; a row that backward never reached (a forward
         pass whose output no loss used) is left out, and `unreached` names it."""
         ordered = [self._rows[key] for key in sorted(self._rows)]
-        return [row.gradients() for row in ordered if any(g is not None for g in row.grads)]
+        return [row.gradients() for row in ordered if row.reached]
 
     def unreached(self) -> list[str]:
-        return [row.name for row in self._rows.values()
-                if not any(g is not None for g in row.grads)]
+        return [row.name for row in self._rows.values() if not row.reached]
 
     # fused modules: a run of the unrolled engine per call
 
@@ -127,6 +244,22 @@ class Capture:
 
         return tap
 
+    def fused_tap(self, run: tuple[str, int], rank: int, directions: int):
+        """The fused engine's probe for one call: each layer appends a block of steps to
+        the row of each of its directions."""
+        prefix, number = run
+
+        def probe(layer: int, batch: Batch) -> FusedLayer:
+            observed = FusedLayer(self, batch)
+            for direction in range(directions):
+                base = (f"{prefix}.l{layer}" if prefix else f"l{layer}") + (
+                    "_reverse" if direction else "")
+                self.row((rank, number, layer, direction, 0), base,
+                         direction == 1).put_block(observed, direction)
+            return observed
+
+        return probe
+
     # cells and marks: each call is the next step
 
     def cell_step(self, name: str, rank: int, tensor: Tensor, state: str) -> None:
@@ -147,3 +280,27 @@ def _same_state(hx, returned: tuple[Tensor, ...]) -> bool:
     given = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
     return len(given) == len(returned) and all(a is b for a, b in zip(given, returned,
                                                                        strict=True))
+
+
+def _padded(grads: list[Tensor | None], sizes: list[int],
+            positions: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+    """[T, B, H] gradients (zero where a step was never reached) and the live mask [T, B]
+    of a row kept step by step, rows in the caller's batch order."""
+    like = next((g for g in grads if g is not None), None)
+    batch = max(sizes)
+    if like is None:  # backward reached no step of this row: gradient zero everywhere
+        like = torch.zeros(1, 1)
+    device, dtype, width = like.device, like.dtype, like.shape[-1]
+    steps = len(grads)
+    if all(g is not None and p is None and s == batch for g, p, s in
+           zip(grads, positions, sizes, strict=True)):  # every step, every row
+        return (torch.stack(grads).reshape(steps, batch, width),
+                torch.ones(steps, batch, dtype=torch.bool, device=device))
+    padded = torch.zeros(steps, batch, width, dtype=dtype, device=device)
+    live = torch.zeros(steps, batch, dtype=torch.bool, device=device)
+    for t, (grad, size, where) in enumerate(zip(grads, sizes, positions, strict=True)):
+        where = torch.arange(size, device=device) if where is None else where.to(device)
+        live[t, where] = True
+        if grad is not None:  # a step no loss depends on has gradient zero
+            padded[t, where] = grad.reshape(size, width).to(dtype)
+    return padded, live

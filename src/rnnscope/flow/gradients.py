@@ -76,17 +76,16 @@ class GradientFlow:
 
 @dataclass
 class RowGradients:
-    """What a recording captured for one row: names and, per step, the gradient of the
-    state for the live rows of the batch (`grads[t]`: [rows_t, H], or None when backward
-    never reached that step) and where those rows sit in the caller's batch
-    (`positions[t]`: None for rows 0..rows_t - 1)."""
+    """What a recording captured for one row: the gradient of the state at every step,
+    `grads[t, b]` for row b of the caller's batch ([T, B, H]; zero where backward never
+    reached that step), and `live[t, b]`, whether row b of the batch ran step t (a packed
+    sequence shorter than the longest does not)."""
 
     name: str
     reverse: bool
     state: str
-    grads: list[Tensor | None]
-    sizes: list[int]  # live rows per step
-    positions: list[Tensor | None]
+    grads: Tensor
+    live: Tensor
 
 
 def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow:
@@ -96,7 +95,7 @@ def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow
     counts = {"nonfinite": 0, "subnormal": 0, "underflow": 0, "entries": 0}
     any_aligned = False
     for row in rows:
-        grads, live = _padded(row)
+        grads, live = row.grads, row.live
         per_row = torch.linalg.vector_norm(grads.double(), dim=-1)  # [T, B]
         per_row = per_row.masked_fill(~live, float("nan"))
         norms.append(per_row.nanmean(dim=1).cpu())
@@ -115,30 +114,6 @@ def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow
         counts["subnormal"] / entries if entries else 0.0,
         counts["underflow"] / entries if entries else 0.0,
         [row.state for row in rows], _stack(profiles) if any_aligned else None)
-
-
-def _padded(row: RowGradients) -> tuple[Tensor, Tensor]:
-    """[T, B, H] gradients (zero where a step was never reached) and the live mask [T, B],
-    rows in the caller's batch order."""
-    like = next((g for g in row.grads if g is not None), None)
-    batch = max(row.sizes)
-    if like is None:  # backward reached no step of this row: gradient zero everywhere
-        like = torch.zeros(1, 1)
-    device, dtype, width = like.device, like.dtype, like.shape[-1]
-    steps = len(row.grads)
-    if all(g is not None and p is None and s == batch for g, p, s in
-           zip(row.grads, row.positions, row.sizes, strict=True)):  # every step, every row
-        return (torch.stack(row.grads).reshape(steps, batch, width),
-                torch.ones(steps, batch, dtype=torch.bool, device=device))
-    grads = torch.zeros(steps, batch, width, dtype=dtype, device=device)
-    live = torch.zeros(steps, batch, dtype=torch.bool, device=device)
-    for t, (grad, size, where) in enumerate(zip(row.grads, row.sizes, row.positions,
-                                                strict=True)):
-        where = torch.arange(size, device=device) if where is None else where.to(device)
-        live[t, where] = True
-        if grad is not None:  # a step no loss depends on has gradient zero
-            grads[t, where] = grad.reshape(size, width).to(dtype)
-    return grads, live
 
 
 def _ends(norms: Tensor, live: Tensor, reverse: bool) -> Tensor:

@@ -30,10 +30,12 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from rnnscope.checks import integer, text
 from rnnscope.flow.capture import Capture
 from rnnscope.flow.gradients import GradientFlow, assemble
+from rnnscope.models import fused
 from rnnscope.models.cells import CELLS
 from rnnscope.models.recurrent import (
     cell_name,
@@ -116,7 +118,13 @@ class Recorder:
     # what each kind of state does on a forward call
 
     def _fused(self, name: str, module: nn.Module, native):
-        states = 2 if self.cell_state and CELLS[cell_name(module)].has_cell_state else 1
+        cell = cell_name(module)
+        states = 2 if self.cell_state and CELLS[cell].has_cell_state else 1
+        # torch's own Elman and LSTM layers are recorded through their fused kernels
+        # (models/fused.py); a GRU, rnnscope's Recurrent, and an LSTM whose dL/dc_t is
+        # asked for (c_t never meets a matrix there) run the unrolled engine.
+        kernels = states == 1 and fused.runs_fused(module, cell)
+        directions = 2 if module.bidirectional else 1
 
         def forward(input, hx=None, **kwargs):
             state = kwargs.pop("state", hx)
@@ -126,8 +134,13 @@ class Recorder:
             if capture is None:
                 return self._watched(native(input, state, **kwargs))
             run = capture.occurrence(name, state, input)
-            output, final = run_unrolled(module, input, state, tap=capture.tap(
-                run, self.rank[name], states, input))
+            if kernels and _has_graph(module, input, state):
+                output, final = fused.run(CELLS[cell], module, input, state,
+                                          probe=capture.fused_tap(run, self.rank[name],
+                                                                  directions))
+            else:
+                output, final = run_unrolled(module, input, state, tap=capture.tap(
+                    run, self.rank[name], states, input))
             capture.returned(name, run, final)
             self._check_graph(name, final)
             return output, final
@@ -268,6 +281,15 @@ class Recorder:
         latest recorded step, for measurements along the same trajectory; None if none."""
         capture = self._latest_complete()
         return None if capture is None else capture.inputs.get(name)
+
+
+def _has_graph(module: nn.Module, input, state) -> bool:
+    """Whether a forward of `module` builds a graph: a parameter, the input or the initial
+    state requires grad (else the unrolled engine runs, and the recorder warns)."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    given = state if isinstance(state, (tuple, list)) else (state,)
+    return any(p.requires_grad for p in module.parameters()) or any(
+        isinstance(t, Tensor) and t.requires_grad for t in (data, *given))
 
 
 def record(model: nn.Module, every: int = 1, per_sample: bool = False,

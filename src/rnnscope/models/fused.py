@@ -1,0 +1,150 @@
+"""torch's fused kernels run layer by layer, with the gradient through the recurrence
+made visible: how `record` sees dL/dh_t of an Elman RNN or an LSTM at native speed.
+
+A fused kernel (oneDNN's LSTM on a CPU, cuDNN on a GPU) keeps h_1 .. h_T inside: autograd
+sees one node for the whole sequence, so no hook can reach dL/dh_t. But h_{t-1} enters
+step t only through the pre-activation
+
+    pre_t = W_ih x_t + W_hh h_{t-1} + b.
+
+Append zero input channels e_t (one per unit of h) and the block W_hh to W_ih:
+
+    pre_t = [W_ih  W_hh] [x_t; e_t] + W_hh h_{t-1} + b      (e_t = 0: the same pre_t)
+
+and the kernel's own input gradient holds dL/de_t = W_hh^T dL/dpre_t: exactly the part of
+dL/dh_{t-1} that flows through the recurrence, from one large matrix product over all
+steps. The rest of dL/dh_{t-1} is the gradient of h_{t-1} as an output (the layer above,
+the loss), which a hook on the output sees; at the last step the final state's gradient
+takes the place of the recurrence:
+
+    dL/dh_t = dL/dout_t + dL/de_{t+1}     (t < T)        reverse direction: dL/de_{t-1}
+    dL/dh_T = dL/dout_T + dL/dh_n                         ... and dL/dh_n at t = 1
+
+Stacks run one layer at a time, so every layer's output is a tensor of the graph; a
+bidirectional layer gets e channels for each direction, each direction's W_hh block
+beside zeros in the other's. The GRU is not run this way: its reset gate multiplies
+W_hn h_{t-1} + b_hn, which no input channel can reproduce. Nor is an LSTM's dL/dc_t
+visible: c_{t-1} never meets a matrix.
+
+    run(module, input, state, probe)   torch's inputs and outputs, as `module(input, state)`
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import _VF, Tensor, nn
+
+from rnnscope.models.cells import CellSpec, LayerWeights, layer_weights, output_size
+from rnnscope.models.unrolled import Batch, State, as_torch_returns, batch_of, initial_state
+
+# The cells whose recurrence enters only through W_hh h_{t-1} (see the module docstring).
+FUSED_CELLS = ("rnn_tanh", "rnn_relu", "lstm")
+_KERNELS = {"rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu, "lstm": _VF.lstm}
+
+
+class LayerProbe(Protocol):
+    """What observes one layer (all its directions) of a fused run."""
+
+    def recurrent(self, grad: Tensor) -> None:
+        """dL/de of the layer in backward: [T, B, D * P] time-major, or [N, D * P] packed
+        (D directions of P units each, in the layout of the layer's output)."""
+
+    def ran(self, output: Tensor, final: Tensor) -> None:
+        """The layer's output ([T, B, D * P], or packed data) and its final h ([D, B, P],
+        packed rows in sorted order), as soon as the kernel returns them."""
+
+
+# probe(layer, batch) -> the LayerProbe of that layer; `batch` is the input as the engine runs
+# it (time-major; packed: the live rows per step, longest sequences first).
+Probe = Callable[[int, Batch], LayerProbe]
+
+
+def run(spec: CellSpec, module: nn.RNNBase, input, state=None, *, probe: Probe):
+    """`module(input, state)` through torch's fused kernel, one layer at a time, with the
+    recurrence exposed: `probe(layer, batch)` returns what observes each layer. Same outputs as
+    the module (to rounding) and the same gradients for every parameter and input."""
+    if spec.name not in FUSED_CELLS:
+        raise ValueError(f"cell: the fused engine runs {', '.join(FUSED_CELLS)}; "
+                         f"got {spec.name}")
+    reference = module.weight_ih_l0
+    batch = batch_of(module, input, reference)
+    sorted_indices = batch.packed.sorted_indices if batch.packed is not None else None
+    initial = initial_state(spec, module, state, batch.active[0], batch.unbatched,
+                            sorted_indices, reference)
+    params = list(layer_weights(module))
+    directions = 2 if module.bidirectional else 1
+    layer_input, finals = batch.data, []
+    for layer in range(module.num_layers):
+        here = slice(layer * directions, (layer + 1) * directions)
+        output, final = _layer(spec, module, params[here], layer_input,
+                               tuple(s[here] for s in initial), batch, probe(layer, batch))
+        finals.append(final)
+        layer_input = output
+        if module.dropout and module.training and layer < module.num_layers - 1:
+            layer_input = F.dropout(output, module.dropout, training=True)
+    final_state = tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
+    output, final_state = as_torch_returns(batch, layer_input, final_state)
+    return output, (final_state if spec.has_cell_state else final_state[0])
+
+
+def _layer(spec: CellSpec, module: nn.RNNBase, weights: list[LayerWeights], layer_input: Tensor,
+           hx: State, batch: Batch, probe: LayerProbe) -> tuple[Tensor, State]:
+    """One layer, all directions, in one kernel call on the input with its e channels."""
+    width = output_size(module)
+    directions = len(weights)
+    # Every tensor the kernel's node depends on is an input of the probe's node too, so a
+    # backward pass that reaches the layer (autograd.grad with `inputs` included) runs it.
+    anchors = [t for w in weights for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh,
+                                            w.weight_hr) if t is not None] + list(hx)
+    augmented = _Recurrence.apply(layer_input, directions * width, probe, *anchors)
+    flat = []
+    for direction, w in enumerate(weights):
+        # [W_ih | W_hh of this direction | zeros for the other's e channels], in the
+        # order of the output's directions.
+        blocks = [w.weight_ih] + [w.weight_hh if k == direction else
+                                  w.weight_hh.new_zeros(w.weight_hh.shape)
+                                  for k in range(directions)]
+        flat += [torch.cat(blocks, dim=1), w.weight_hh]
+        flat += [w.bias_ih, w.bias_hh] if w.bias_ih is not None else []
+        flat += [w.weight_hr] if w.weight_hr is not None else []
+    state = list(hx) if spec.has_cell_state else hx[0]
+    arguments = (flat, weights[0].bias_ih is not None, 1, 0.0, module.training, directions == 2)
+    with warnings.catch_warnings():
+        # cuDNN warns once that these weights are not one flat buffer: they are built anew
+        # for each call, which is this engine's point.
+        warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+        if batch.packed is not None:
+            output, *final = _KERNELS[spec.name](augmented, batch.packed.batch_sizes, state,
+                                                 *arguments)
+        else:
+            output, *final = _KERNELS[spec.name](augmented, state, *arguments, False)
+    probe.ran(output, final[0])
+    return output, tuple(final)
+
+
+class _Recurrence(torch.autograd.Function):
+    """x -> [x, 0]: the e channels. Its backward hands their gradient, W_hh^T dL/dpre_t, to
+    the probe and passes x's own on; the anchors get none (they are there so that every
+    backward pass that reaches the kernel reaches this node too)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, width: int, probe: LayerProbe, *anchors: Tensor) -> Tensor:
+        ctx.probe, ctx.split, ctx.anchors = probe, x.shape[-1], len(anchors)
+        return torch.cat([x, x.new_zeros(*x.shape[:-1], width)], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ctx.probe.recurrent(grad[..., ctx.split:])
+        x_grad = grad[..., : ctx.split] if ctx.needs_input_grad[0] else None
+        return (x_grad, None, None, *([None] * ctx.anchors))
+
+
+def runs_fused(module: nn.Module, cell: str) -> bool:
+    """Whether `run` takes `module`: torch's own nn.RNN or nn.LSTM (rnnscope's `Recurrent`
+    is the unrolled engine by the user's choice, and stays so)."""
+    return isinstance(module, nn.RNNBase) and cell in FUSED_CELLS
