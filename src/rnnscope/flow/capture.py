@@ -122,7 +122,8 @@ class FusedLayer:
 
     def totals(self, direction: int) -> tuple[Tensor, Tensor]:
         """dL/dh_t of one direction, [T, B, P], and the live mask [T, B]; rows in the
-        engine's order (packed: longest first), zero where a row is not live."""
+        engine's order (packed: longest first). Where a row is not live the values mean
+        nothing (the mask keeps them out)."""
         steps, batch = len(self.active), self.active[0]
         width = self._like.shape[-1]
         live = torch.ones(steps, batch, dtype=torch.bool, device=self._like.device)
@@ -133,21 +134,20 @@ class FusedLayer:
                              for key in ("output", "recurrent"))
         final = self._parts.get("final")
         final = final[direction] if final is not None else self._like.new_zeros(batch, width)
-        total = output.clone()
+        total = torch.empty_like(output)  # written once: out= sums, no clone
         if direction == 1:  # reverse: h_t feeds step t - 1; h_n is the state at t = 0
-            total[1:] += recurrent[:-1]
-            total[0] += final
+            torch.add(output[1:], recurrent[:-1], out=total[1:])
+            torch.add(output[0], final, out=total[0])
         elif not self._packed:  # forward: h_t feeds step t + 1; h_n is h_T
-            total[:-1] += recurrent[1:]
-            total[-1] += final
+            torch.add(output[:-1], recurrent[1:], out=total[:-1])
+            torch.add(output[-1], final, out=total[-1])
         else:  # a row's h_n is its state at its own last step, where it stops being live
             continues = torch.zeros_like(live)
             continues[:-1] = live[1:]
             following = torch.zeros_like(recurrent)
             following[:-1] = recurrent[1:]
-            total += torch.where(continues.unsqueeze(-1), following, final)
-        if self._packed:  # the reverse run's first step fed the initial state, not a step
-            total.masked_fill_(~live.unsqueeze(-1), 0)
+            torch.add(output, torch.where(continues.unsqueeze(-1), following, final),
+                      out=total)
         return total, live
 
     def _steps(self, key: str, direction: int, width: int, live: Tensor) -> Tensor:

@@ -10,12 +10,13 @@ gradient of its state at that step for the rows of the batch that were live then
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from rnnscope.numerics import magnitude_bits, subnormal_count
+from rnnscope.numerics import magnitude_bits
 
 
 @dataclass
@@ -79,7 +80,7 @@ class RowGradients:
     """What a recording captured for one row: the gradient of the state at every step,
     `grads[t, b]` for row b of the caller's batch ([T, B, H]; zero where backward never
     reached that step), and `live[t, b]`, whether row b of the batch ran step t (a packed
-    sequence shorter than the longest does not)."""
+    sequence shorter than the longest does not; its entries there are not read)."""
 
     name: str
     reverse: bool
@@ -96,7 +97,8 @@ def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow
     any_aligned = False
     for row in rows:
         grads, live = row.grads, row.live
-        per_row = torch.linalg.vector_norm(grads.double(), dim=-1)  # [T, B]
+        # In float64: the norm of a vanishing float32 gradient would underflow in float32.
+        per_row = torch.linalg.vector_norm(grads, dim=-1, dtype=torch.float64)  # [T, B]
         per_row = per_row.masked_fill(~live, float("nan"))
         norms.append(per_row.nanmean(dim=1).cpu())
         ends = _ends(per_row, live, row.reverse)
@@ -144,18 +146,29 @@ def _by_steps_back(norms: Tensor, ends: Tensor, reverse: bool) -> tuple[Tensor, 
 def _count(grads: Tensor, live: Tensor, norms: Tensor, ends: Tensor, reverse: bool,
            counts: dict[str, int]) -> None:
     """Non-finite, subnormal and underflowed entries among those of live steps up to each
-    sequence's end (steps past it are padding)."""
+    sequence's end (steps past it are padding).
+
+    Read off the bits (with DAZ on, subnormals compare == 0 as floats), in as few passes
+    over [T, B, H] as the counts allow: a vector whose norm is finite holds no NaN or inf,
+    and only a vector whose norm has vanished can hold zeros that count as underflow."""
     steps = torch.arange(grads.shape[0], device=grads.device).unsqueeze(1)
     counted = live if reverse else live & (steps <= ends.unsqueeze(0))
-    values = grads[counted]  # [N, H]
+    bits, tiny = magnitude_bits(grads)
+    if not bool(counted.all()):
+        bits, norms = bits[counted], norms[counted]  # [N, H], [N]
     finfo = torch.finfo(grads.dtype)
-    vanished = norms[counted] < finfo.tiny / finfo.eps  # the vector is down at rounding range
-    subnormal = int(subnormal_count(values))
-    zero = magnitude_bits(values)[0] == 0  # bits: with DAZ on, subnormals compare == 0
-    counts["nonfinite"] += int((~torch.isfinite(values)).sum())
-    counts["subnormal"] += subnormal
-    counts["underflow"] += subnormal + int((zero & vanished.unsqueeze(1)).sum())
-    counts["entries"] += values.numel()
+    infinite = torch.tensor(math.inf, dtype=grads.dtype).view(bits.dtype)
+    zeros = torch.count_nonzero(bits == 0)
+    below = torch.count_nonzero(bits < tiny.to(bits.device))  # zero or subnormal
+    vanished = norms < finfo.tiny / finfo.eps  # the vector is down at rounding range
+    broken = ~torch.isfinite(norms)  # NaN or inf inside, or a float64 sum that overflowed
+    numbers = torch.stack([zeros, below, torch.count_nonzero(bits[vanished] == 0),
+                           torch.count_nonzero(bits[broken] >= infinite)]).tolist()
+    zeros, below, vanished_zeros, nonfinite = numbers
+    counts["nonfinite"] += nonfinite
+    counts["subnormal"] += below - zeros
+    counts["underflow"] += below - zeros + vanished_zeros
+    counts["entries"] += bits.numel()
 
 
 def _stack(rows: list[Tensor]) -> Tensor:

@@ -7,16 +7,19 @@
 
 What it follows inside the block, found anywhere in `model`:
 - fused layers (torch's `nn.RNN`/`nn.LSTM`/`nn.GRU`, projections included, and rnnscope's
-  `Recurrent`) run through the unrolled engine with their own parameters, a row per layer
-  and direction. A module called several times in one step (a decoder stepping) continues
-  its row when a call starts from the state the previous call returned; any other call
-  is a row of its own (`encoder#2`), so nothing is dropped;
+  `Recurrent`), a row per layer and direction. An `nn.LSTM` (and on a GPU an `nn.RNN`)
+  runs through torch's own kernel with the recurrence exposed (`models/fused.py`), the
+  others through the unrolled engine, all with their own parameters. A module called
+  several times in one step (a decoder stepping) continues its row when a call starts
+  from the state the previous call returned; any other call is a row of its own
+  (`encoder#2`), so nothing is dropped;
 - cells (`nn.RNNCell`, `nn.LSTMCell`, `nn.GRUCell`) run as they are: each call is the
   next step of that cell's row;
 - states marked with `rnnscope.mark(h, name)` in hand-written loops.
 
 Each state gets a tensor hook; in the backward pass the user already runs, autograd
-hands it the total dL/dh_t (through the next step and the layer above alike). Hooks only
+hands it the total dL/dh_t (through the next step and the layer above alike); a fused
+layer's dL/dh_t is the sum of three hooked gradients (`capture.FusedLayer`). Hooks only
 keep references; norms are computed once, when `rec.flow` is read: no second backward,
 no host sync per step. `every=N` counts training steps, i.e. backward passes: a step is
 the forward calls since the previous backward. Forward passes under `torch.no_grad()`
@@ -32,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.checks import integer, text
+from rnnscope.checks import choice, integer, text
 from rnnscope.flow.capture import Capture
 from rnnscope.flow.gradients import GradientFlow, assemble
 from rnnscope.models import fused
@@ -47,16 +50,18 @@ from rnnscope.schedules import Every
 
 _ACTIVE: list[Recorder] = []  # the recorders inside their `with` block, innermost last
 _CELL_NAMES = {"LSTMCell": "lstm", "GRUCell": "gru"}
+ENGINES = ("auto", "fused", "unrolled")
 
 
 class Recorder:
     """The object `record` yields; see the module docstring."""
 
     def __init__(self, model: nn.Module, every: int = 1, per_sample: bool = False,
-                 cell_state: bool = False) -> None:
+                 cell_state: bool = False, engine: str = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         self.model, self.per_sample, self.cell_state = model, per_sample, bool(cell_state)
+        self.engine = choice("engine", engine, ENGINES)
         self.every = integer("every", every, 1)
         self.schedule = Every(every, first=True)
         self.layers = find_recurrent(model)
@@ -120,10 +125,11 @@ class Recorder:
     def _fused(self, name: str, module: nn.Module, native):
         cell = cell_name(module)
         states = 2 if self.cell_state and CELLS[cell].has_cell_state else 1
-        # torch's own Elman and LSTM layers are recorded through their fused kernels
+        # torch's own Elman and LSTM layers can be recorded through their fused kernels
         # (models/fused.py); a GRU, rnnscope's Recurrent, and an LSTM whose dL/dc_t is
         # asked for (c_t never meets a matrix there) run the unrolled engine.
-        kernels = states == 1 and fused.runs_fused(module, cell)
+        kernels = states == 1 and fused.runs_fused(module, cell) and (
+            self.engine == "fused" or self.engine == "auto" and fused.faster(module, cell))
         directions = 2 if module.bidirectional else 1
 
         def forward(input, hx=None, **kwargs):
@@ -293,7 +299,7 @@ def _has_graph(module: nn.Module, input, state) -> bool:
 
 
 def record(model: nn.Module, every: int = 1, per_sample: bool = False,
-           cell_state: bool = False) -> Recorder:
+           cell_state: bool = False, engine: str = "auto") -> Recorder:
     """Context manager capturing dL/dh_t for every recurrent state of `model`.
 
     `every=N` records the first training step (forward calls up to a backward pass) and
@@ -301,8 +307,13 @@ def record(model: nn.Module, every: int = 1, per_sample: bool = False,
     torch's fused kernels, so it can stay on for a whole training run.
     `per_sample=True` also keeps per-sample norms (`flow.per_sample`); `cell_state=True`
     adds a row of dL/dc_t for every LSTM layer and LSTMCell, the path its memory takes.
+    `engine` runs torch's nn.RNN and nn.LSTM layers while recorded: "fused" through
+    torch's own kernels with the recurrence exposed (`models/fused.py`), "unrolled" step by
+    step, "auto" (default) the faster of the two there (`fused.faster`). Both give the same
+    flow; a GRU, rnnscope's `Recurrent` and an LSTM with `cell_state=True` run unrolled.
     """
-    return Recorder(model, every=every, per_sample=per_sample, cell_state=cell_state)
+    return Recorder(model, every=every, per_sample=per_sample, cell_state=cell_state,
+                    engine=engine)
 
 
 def mark(h: Tensor, name: str) -> Tensor:

@@ -148,3 +148,12 @@ def runs_fused(module: nn.Module, cell: str) -> bool:
     """Whether `run` takes `module`: torch's own nn.RNN or nn.LSTM (rnnscope's `Recurrent`
     is the unrolled engine by the user's choice, and stays so)."""
     return isinstance(module, nn.RNNBase) and cell in FUSED_CELLS
+
+
+def faster(module: nn.Module, cell: str) -> bool:
+    """Whether `run` beats the unrolled engine on `module`: an LSTM (oneDNN's kernel on a
+    CPU, cuDNN's on a GPU), and an Elman RNN on a GPU. torch's CPU Elman "kernel" is a
+    loop of steps in C++, slower than the unrolled one (BENCHMARKS.md)."""
+    if not runs_fused(module, cell):
+        return False
+    return cell == "lstm" or module.weight_ih_l0.device.type == "cuda"
