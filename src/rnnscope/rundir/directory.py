@@ -12,8 +12,10 @@ a half-written file that a reader or `--resume` could trust.
       checkpoints/last.pt  model, optimiser, schedule, RNG and guard state (resume)
       checkpoints/best.pt  the weights with the best held-out metric so far
 
-Checkpoints and JSON files are written to a temporary file and renamed into place;
-metrics lines are flushed one by one and cut back to the checkpoint on resume.
+Checkpoints and JSON files are written to a temporary file and renamed into place.
+Metrics lines reach the file in batches (one write where a line a step would be one
+system call a step): every line is on disk before the next checkpoint is written, so a
+kill loses only lines after the last checkpoint, and a resume cuts back to it anyway.
 
 Listeners write the stream as the trainer runs: `metrics.MetricsLog` (metrics.jsonl)
 and `tensorboard.TensorBoardLog` (the events).
@@ -22,6 +24,7 @@ and `tensorboard.TensorBoardLog` (the events).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +36,9 @@ CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 # that meets a newer one knows the files may hold what it does not understand.
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
+# Metrics lines wait for at most this many lines or seconds (besides every checkpoint,
+# summary, read and close), so a file someone tails stays current.
+BUFFER_LINES, BUFFER_SECONDS = 100, 10.0
 
 
 class RunDirectory:
@@ -43,6 +49,8 @@ class RunDirectory:
         self.summary_path = self.path / SUMMARY
         self.checkpoint_dir = self.path / CHECKPOINTS
         self._metrics = None
+        self._pending: list[str] = []
+        self._written = time.monotonic()
 
     @classmethod
     def create(cls, path: str | Path, config: dict) -> RunDirectory:
@@ -67,10 +75,21 @@ class RunDirectory:
     # metrics.jsonl
 
     def append(self, record: dict) -> None:
-        if self._metrics is None:
-            self._metrics = self.metrics_path.open("a", encoding="utf-8")
-        self._metrics.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-        self._metrics.flush()
+        """Queue a line of metrics.jsonl (see the module docstring for when it is written)."""
+        self._pending.append(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        if len(self._pending) >= BUFFER_LINES or \
+                time.monotonic() - self._written > BUFFER_SECONDS:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Write the queued lines to metrics.jsonl, in one write."""
+        if self._pending:
+            if self._metrics is None:
+                self._metrics = self.metrics_path.open("a", encoding="utf-8")
+            self._metrics.write("".join(self._pending))
+            self._metrics.flush()
+            self._pending.clear()
+        self._written = time.monotonic()
 
     def cut_metrics(self, after_step: int) -> None:
         """Drop lines past `after_step` (written after the checkpoint a resume starts from),
@@ -89,6 +108,7 @@ class RunDirectory:
             temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def read_metrics(self) -> list[dict]:
+        self.flush_metrics()
         return read_records(self.metrics_path) or []
 
     # checkpoints
@@ -98,6 +118,7 @@ class RunDirectory:
         it is not finite, so a resume never starts from a diverged state."""
         if not all_finite(state):
             return False
+        self.flush_metrics()  # every line up to the checkpoint's step is on disk first
         self.checkpoint_dir.mkdir(exist_ok=True)
         with atomic_target(self.checkpoint_dir / f"{name}.pt") as temporary:
             torch.save(state, temporary)
@@ -119,9 +140,11 @@ class RunDirectory:
         return state
 
     def write_summary(self, summary: dict) -> None:
+        self.flush_metrics()
         write_json(self.summary_path, {"format": FORMAT, **summary})
 
     def close(self) -> None:
+        self.flush_metrics()
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
