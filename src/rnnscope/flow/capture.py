@@ -202,7 +202,7 @@ class Capture:
     def unreached(self) -> list[str]:
         return [row.name for row in self._rows.values() if not row.reached]
 
-    # fused modules: a run of the unrolled engine per call
+    # fused modules: a run of an engine per call (unrolled: `tap`, fused: `fused_tap`)
 
     def occurrence(self, name: str, hx, input) -> tuple[str, int]:
         """The run this call belongs to: the one whose state it starts from (a decoder
