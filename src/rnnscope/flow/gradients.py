@@ -148,27 +148,28 @@ def _count(grads: Tensor, live: Tensor, norms: Tensor, ends: Tensor, reverse: bo
     """Non-finite, subnormal and underflowed entries among those of live steps up to each
     sequence's end (steps past it are padding).
 
-    Read off the bits (with DAZ on, subnormals compare == 0 as floats), in as few passes
-    over [T, B, H] as the counts allow: a vector whose norm is finite holds no NaN or inf,
-    and only a vector whose norm has vanished can hold zeros that count as underflow."""
+    Read off the bits (with DAZ on, subnormals compare == 0 as floats), and only of the
+    vectors that can hold such entries: one whose smallest |entry| is normal holds no zero
+    or subnormal, and one whose norm is finite holds no NaN or inf. A healthy gradient
+    costs one more pass over [T, B, H] (the smallest |entry| of each vector), no more."""
     steps = torch.arange(grads.shape[0], device=grads.device).unsqueeze(1)
     counted = live if reverse else live & (steps <= ends.unsqueeze(0))
-    bits, tiny = magnitude_bits(grads)
-    if not bool(counted.all()):
-        bits, norms = bits[counted], norms[counted]  # [N, H], [N]
     finfo = torch.finfo(grads.dtype)
-    infinite = torch.tensor(math.inf, dtype=grads.dtype).view(bits.dtype)
-    zeros = torch.count_nonzero(bits == 0)
-    below = torch.count_nonzero(bits < tiny.to(bits.device))  # zero or subnormal
-    vanished = norms < finfo.tiny / finfo.eps  # the vector is down at rounding range
-    broken = ~torch.isfinite(norms)  # NaN or inf inside, or a float64 sum that overflowed
-    numbers = torch.stack([zeros, below, torch.count_nonzero(bits[vanished] == 0),
-                           torch.count_nonzero(bits[broken] >= infinite)]).tolist()
-    zeros, below, vanished_zeros, nonfinite = numbers
+    smallest = torch.linalg.vector_norm(grads, -math.inf, dim=-1)  # min |g| of each vector
+    suspect = counted & ((smallest < finfo.tiny) | ~torch.isfinite(norms))
+    bits, tiny = magnitude_bits(grads[suspect])  # [N, H]
+    zero = bits == 0
+    vanished = norms[suspect] < finfo.tiny / finfo.eps  # the vector is down at rounding range
+    infinite = torch.tensor(math.inf, dtype=grads.dtype).view(bits.dtype).to(bits.device)
+    numbers = torch.stack([
+        torch.count_nonzero(zero), torch.count_nonzero(bits < tiny.to(bits.device)),
+        torch.count_nonzero(zero & vanished.unsqueeze(1)),
+        torch.count_nonzero(bits >= infinite), counted.sum()]).tolist()
+    zeros, below, vanished_zeros, nonfinite, vectors = numbers
     counts["nonfinite"] += nonfinite
     counts["subnormal"] += below - zeros
     counts["underflow"] += below - zeros + vanished_zeros
-    counts["entries"] += bits.numel()
+    counts["entries"] += vectors * grads.shape[-1]
 
 
 def _stack(rows: list[Tensor]) -> Tensor:
