@@ -15,20 +15,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The browser tests open the HTML report in headless Chromium: install Debian's
-# package when it is missing (as root or with password-less sudo), else say so. The
-# tests skip without it, except under CI=true, where they fail.
+# The browser tests open the HTML report in headless Chromium through Selenium and
+# Debian's chromedriver: install Debian's chromium and chromium-driver when either is
+# missing (as root or with password-less sudo), else say so. The tests skip without
+# them, except under CI=true, where they fail.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=sudo; \
-	  else echo "note: chromium is missing and installing it needs root:" \
-	    "apt-get install chromium (the browser tests skip, or fail under CI)"; exit 0; fi; \
+	  else echo "note: chromium or chromedriver is missing and installing them needs root:" \
+	    "apt-get install chromium chromium-driver (the browser tests skip, or fail under CI)"; \
+	    exit 0; fi; \
 	  if ! command -v apt-get >/dev/null 2>&1; then echo "note: no apt-get here; install" \
-	    "chromium by hand for the browser tests"; exit 0; fi; \
-	  echo "installing chromium for the browser tests (apt-get)"; \
+	    "chromium and chromedriver by hand for the browser tests"; exit 0; fi; \
+	  echo "installing chromium and chromium-driver for the browser tests (apt-get)"; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    $$sudo apt-get install -y -qq chromium >/dev/null \
+	    $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null \
 	  || echo "note: installing chromium failed; the browser tests skip, or fail under CI"; }
 
 test: $(STAMP) browser

@@ -26,12 +26,19 @@ def median_time(work: Callable[[], object], repeats: int) -> float:
 def machine() -> str:
     """The CPU model, cores and torch's threads: speed depends on them (an Intel Xeon pays
     for subnormal floats where an AMD EPYC did not), so every table names them."""
-    model = platform.processor() or platform.machine()
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads")
+
+
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it, with its family and model numbers (a
+    virtual machine may name only the brand: "AMD EPYC")."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads")
+            first = info.read().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict((key.strip(), value.strip()) for key, _, value in
+                  (line.partition(":") for line in first.splitlines()))
+    return (f"{fields.get('model name', platform.machine())} (family "
+            f"{fields.get('cpu family', '?')}, model {fields.get('model', '?')})")

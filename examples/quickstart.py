@@ -4,10 +4,11 @@ Run with `make demo` (or `python examples/quickstart.py` inside the venv).
 
 1. rnnscope's unrolled cells compute what torch's fused `nn.LSTM` computes.
 2. On one batch of the adding problem (T=200), `rnnscope.record` captures
-   dL/dh_t at every step of torch's own modules and `rnnscope.diagnose` turns
-   it into a verdict: the gradient of a tanh RNN with torch's default init dies
-   within a few dozen steps; IRNN (ReLU + identity) and chrono-initialised
-   LSTMs carry it much further back.
+   dL/dh_t (and an LSTM's dL/dc_t) at every step of torch's own modules and
+   `rnnscope.diagnose` turns it into a verdict, twice: on the initial weights, and
+   as a prediction after a short run of 50 steps (`rnnscope diagnose --predict`),
+   which sees what the initial weights cannot: gates that learn to remember, and a
+   tanh RNN whose gradient dies as soon as it trains.
 3. A relu RNN whose W_hh has spectral radius 3 explodes instead.
 4. The remedy at work: `rnnscope.train` on the adding problem (T=50) with a tanh
    RNN and with a chrono-initialised LSTM, each writing a run directory under
@@ -23,10 +24,8 @@ import torch
 from torch import nn
 
 import rnnscope
-from rnnscope.models.init import parse_init_spec
-from rnnscope.models.sequence import SequenceModel
 from rnnscope.numerics import flush_denormal
-from rnnscope.tasks import get_task
+from rnnscope.training.predict import short_run
 
 CANDIDATES = [
     # (cell, init spec); "{T}" is replaced by the sequence length
@@ -59,36 +58,50 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--predict-steps", type=int, default=50)
     args = parser.parse_args()
     flush_denormal(True)  # vanishing gradients underflow; subnormals are slow
 
     print(f"rnnscope {rnnscope.__version__}")
     print(f"unrolled LSTM vs torch's nn.LSTM (float64), max difference: {check_parity():.1e}\n")
 
-    task = get_task("adding", seq_len=args.seq_len)
-    inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(0))
     print(f"adding problem, T={args.seq_len}, hidden {args.hidden}, one batch of "
-          f"{args.batch}, untrained (torch's fused modules, recorded)")
-    print(f"{'cell':9}{'init':17}{'verdict':11}{'reach':>6}{'rate/step':>11}"
-          f"{'lyapunov':>10}   first fix")
+          f"{args.batch}; at init, and predicted after {args.predict_steps} steps of Adam "
+          f"(lr 0.01, clip 1) by rnnscope diagnose --predict")
+    print(f"{'cell':9}{'init':17}{'at init':11}{'reach':>6}   {'predicted':11}{'reach':>6}"
+          f"   first fix")
     for cell, init in CANDIDATES:
-        init = init.format(T=args.seq_len)
-        torch.manual_seed(0)
-        model = SequenceModel(cell, task.input_size, args.hidden, task.output_size,
-                              engine="native")
-        scheme, kwargs = parse_init_spec(init)
-        rnnscope.init_(model, scheme, **kwargs)
-        with rnnscope.record(model) as rec:
-            output, _ = model(inputs)
-            task.loss(output, targets).backward()
-        result = rnnscope.diagnose(rec, current={"cell": cell, "init": init})
-        fix = result.fixes[0].cli if result.fixes else "-"
-        lyapunov = result.evidence.get("lyapunov_max", float("nan"))
-        print(f"{cell:9}{init:17}{result.verdict:11}{result.reach:>6}{result.rate:>11.3f}"
-              f"{lyapunov:>10.3f}   {fix}")
-    print("\nreach: steps back until ||dL/dh_t|| falls below 1e-3 of its peak. For a full "
-          "report of one model: rnnscope diagnose --help")
+        config = rnnscope.ExperimentConfig.from_dict({
+            "task": {"name": "adding", "seq_len": args.seq_len},
+            "model": {"cell": cell, "hidden": args.hidden, "engine": "native"},
+            "init": init.format(T=args.seq_len), "optim": {"lr": 0.01}, "clip": "norm:1.0",
+            "run": {"batch": args.batch, "seed": 0}})
+        at_init = diagnosis(config)
+        run = short_run(config, args.predict_steps)
+        predicted = diagnosis(config, run.weights, run.context)
+        fix = predicted.fixes[0].cli if predicted.fixes else "-"
+        print(f"{cell:9}{config.init.scheme:17}{at_init.verdict:11}{at_init.reach:>6}   "
+              f"{predicted.verdict:11}{predicted.reach:>6}   {fix}")
+    print("\nreach: steps back until ||dL/dh_t|| (or an LSTM's ||dL/dc_t||) falls below 1e-3 "
+          "of its peak. For one model: rnnscope diagnose --help")
     train_both(seq_len=50, steps=args.train_steps)
+
+
+def diagnosis(config, weights=None, context=None):
+    """The diagnosis of one batch through the config's model (torch's fused module,
+    recorded), on its initial weights or on `weights`."""
+    task = config.task.build()
+    torch.manual_seed(config.run.seed)
+    model = config.model.build(task.input_size, task.output_size)
+    config.init.apply(model)
+    if weights is not None:
+        model.load_state_dict(weights)
+    inputs, targets = task.batch(config.run.batch, torch.Generator().manual_seed(0))
+    with rnnscope.record(model, cell_state=True) as rec:
+        output, _ = model(inputs)
+        task.loss(output, targets).backward()
+    return rnnscope.diagnose(rec, lr=config.optim.lr, current=config.as_flags(),
+                             context=context or rnnscope.Context(horizon=task.reach_needed))
 
 
 def train_both(seq_len: int, steps: int) -> None:

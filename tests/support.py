@@ -20,6 +20,7 @@ from torch import nn
 import rnnscope
 from rnnscope.models.cells import CELLS
 from rnnscope.study.store import StudyStore
+from rnnscope.tasks import get_task
 from rnnscope.training.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,3 +140,39 @@ def make_study(directory: Path) -> Path:
         store.close()
     (directory / "study.yaml").write_text("name: tiny\ngrid: {cell: [rnn_tanh, lstm]}\n")
     return directory
+
+
+# A plain PyTorch loop, watched (rnnscope.watch): the user's own training loop.
+
+
+class WatchedModel(nn.Module):
+    """The model of the watched loops: a recurrent layer and a last-step read-out."""
+
+    def __init__(self, rnn: type[nn.Module] = nn.LSTM) -> None:
+        super().__init__()
+        self.rnn = rnn(2, 16)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][-1])
+
+
+def watched_loop(out, steps=60, every=5, keep_at=(), rnn=nn.LSTM, seq_len=12, **options):
+    """A training loop as users write one, with one `with watch(...)` around it; the
+    weights and batch of the steps in `keep_at`, as they were for that step's backward."""
+    torch.manual_seed(0)
+    model, task = WatchedModel(rnn), get_task("adding", seq_len=seq_len)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator, kept = torch.Generator().manual_seed(0), {}
+    with rnnscope.watch(model, out, every=every, **options) as watcher:
+        for step in range(1, steps + 1):
+            inputs, targets = task.batch(16, generator)
+            if step in keep_at:
+                kept[step] = ({k: v.clone() for k, v in model.state_dict().items()},
+                              inputs, targets)
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            watcher.log(loss=loss, lr=optimizer.param_groups[0]["lr"])
+    return watcher, model, kept

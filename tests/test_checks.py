@@ -17,11 +17,15 @@ from rnnscope.checks import (
     choice,
     coerce,
     integer,
+    name,
     number,
     number_text,
     positive,
+    seed,
+    shown,
     text,
     to_plain,
+    workers,
 )
 
 
@@ -125,3 +129,46 @@ def test_numbers_in_text_are_read_as_numbers():
     assert number_text("12") == 12 and number_text("1e-3") == 1e-3
     assert number_text("norm:1") == "norm:1"
     assert coerce("f", float, "1e-3") == 1e-3
+
+
+# Issue 19: limits, each with its reason in the message
+
+def test_refused_values_are_quoted_short():
+    with pytest.raises(ValueError) as error:
+        choice("model.cell", "x" * 30_000_000, ("lstm",))
+    assert str(error.value) == (f"model.cell: unknown '{'x' * 59}... (30,000,000 characters);"
+                                f" accepted: lstm")
+    assert shown(10**5000).startswith("an integer of 16,610 bits")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("a" * 101, "run.name: must be at most 100 characters, got 101"),
+    ("\u20ac" * 90, "run.name: must be at most 255 bytes in UTF-8 (it names a directory), "
+                    "got 270"),
+    ("a/b", "run.name: must be a plain name without / or \\ (a path goes in --out)"),
+    ("..", "run.name: must be a plain name"),
+    ("", "run.name: must be a non-empty string"),
+])
+def test_names_fit_in_a_directory_name(value, message):
+    with pytest.raises(ValueError) as error:
+        name("run.name", value)
+    assert str(error.value).startswith(message)
+    assert name("run.name", "a" * 100) == "a" * 100
+
+
+def test_seeds_fit_every_generator():
+    assert seed("run.seed", 2**32 - 1) == 2**32 - 1
+    with pytest.raises(ValueError, match=r"^run.seed: must be an integer in 0..4294967295, "
+                                         r"got 99999999999999999999999$"):
+        seed("run.seed", 99999999999999999999999)
+
+
+def test_workers_at_most_the_cores_unless_forced(monkeypatch):
+    monkeypatch.setattr("rnnscope.checks.available_cores", lambda: 4)
+    assert workers("--workers", 4) == 4
+    with pytest.raises(ValueError, match=r"^--workers: at most 4 here \(the CPU cores this "
+                                         r"process may use\), got 5; add --force"):
+        workers("--workers", 5)
+    assert workers("--workers", 1000, force=True) == 1000
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
+        workers("--workers", 0, force=True)

@@ -14,7 +14,7 @@ Public API (names other code relies on; see DESIGN.md):
   directory; `swap_cell(model, cell)`: another cell in the model's recurrent layers.
 """
 
-from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.dynamics import lyapunov
 from rnnscope.flow.fixes import Fix
 from rnnscope.flow.gradients import GradientFlow
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CELLS",
     "ClipResult",
+    "Context",
     "ExperimentConfig",
     "RunResult",
     "Diagnosis",

@@ -17,17 +17,45 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable
 
 NONE_WORDS = ("none", "null")  # `--bptt.window=none` on the command line
+SHOWN = 60  # characters of a refused value quoted in an error: a 30 MB value stays one line
+
+# Limits, each with its reason (README "Limits" lists them for users).
+# A seed fits every generator's seed (torch takes 64 bits, numpy 32) with room for
+# the per-step and per-rank offsets added to it.
+MAX_SEED = 2**32 - 1
+# A name becomes a directory name: file systems allow 255 bytes, and a study run's name
+# is built from its settings, so 100 characters keeps paths readable and listings short.
+MAX_NAME = 100
+MAX_NAME_BYTES = 255
+# A study this large starts only once confirmed (`--yes`, or an answer at a terminal):
+# at a minute a run on two cores it keeps the machine busy for most of a day.
+CONFIRM_RUNS = 500
+
+
+def shown(value) -> str:
+    """`value` as an error message quotes it: its repr, cut short (with its length) when
+    long, so a huge value still makes one short line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        return f"an integer of {value.bit_length():,} bits"
+    if len(text) <= SHOWN:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} " \
+        "characters as text"
+    return f"{text[:SHOWN]}... ({size})"
 
 
 def choice(field: str, value, accepted: Iterable[str]) -> str:
     accepted = tuple(accepted)
     if not isinstance(value, str) or value not in accepted:
-        raise ValueError(f"{field}: unknown {value!r}; accepted: {', '.join(accepted)}")
+        raise ValueError(f"{field}: unknown {shown(value)}; accepted: {', '.join(accepted)}")
     return value
 
 
@@ -42,7 +70,7 @@ def integer(field: str, value, minimum: int | None = None, maximum: int | None =
             bound = f" >= {minimum}"
         else:
             bound = "" if maximum is None else f" <= {maximum}"
-        raise ValueError(f"{field}: must be an integer{bound}, got {value!r}")
+        raise ValueError(f"{field}: must be an integer{bound}, got {shown(value)}")
     return value
 
 
@@ -58,7 +86,7 @@ def number(field: str, value, *, above: float | None = None, minimum: float | No
             ok = ok and holds(bound)
     if not ok:
         raise ValueError(f"{field}: must be {_accepted(above, minimum, below, maximum)}, "
-                         f"got {value!r}")
+                         f"got {shown(value)}")
     return real
 
 
@@ -92,11 +120,48 @@ def _accepted(above, minimum, below, maximum) -> str:
 def text(field: str, value, *, max_length: int | None = None) -> str:
     """A non-empty string, at most `max_length` characters."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{field}: must be a non-empty string, got {value!r}")
+        raise ValueError(f"{field}: must be a non-empty string, got {shown(value)}")
     if max_length is not None and len(value) > max_length:
         raise ValueError(f"{field}: must be at most {max_length} characters, got "
-                         f"{len(value)}")
+                         f"{len(value):,}")
     return value
+
+
+def name(field: str, value, *, max_length: int = MAX_NAME) -> str:
+    """A name that becomes one directory: non-empty, at most `max_length` characters and
+    255 bytes of UTF-8 (a file name's limit), without / or \\ and not . or .."""
+    text(field, value, max_length=max_length)
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ValueError(f"{field}: must be at most {MAX_NAME_BYTES} bytes in UTF-8 (it "
+                         f"names a directory), got {len(value.encode('utf-8', 'surrogatepass'))}")
+    if value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ValueError(f"{field}: must be a plain name without / or \\ (a path goes in "
+                         f"--out), got {shown(value)}")
+    return value
+
+
+def seed(field: str, value) -> int:
+    """A random seed: an integer in 0..MAX_SEED."""
+    return integer(field, value, 0, MAX_SEED)
+
+
+def workers(field: str, value, *, force: bool = False) -> int:
+    """A number of worker processes: at least 1 and, unless `force`, at most the CPU cores
+    this process may use (more processes than cores only share the same cores, and each
+    holds a copy of torch: about 300 MB)."""
+    integer(field, value, 1)
+    cores = available_cores()
+    if value > cores and not force:
+        raise ValueError(f"{field}: at most {cores} here (the CPU cores this process may "
+                         f"use), got {value:,}; add --force to start more anyway")
+    return value
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # Config sections from plain data
@@ -108,7 +173,8 @@ def field_names(cls) -> list[str]:
 def build_section(cls, section: str, data: dict, base=None):
     """`cls` with the fields in `data` (over `base`, else the defaults), type-checked."""
     if not isinstance(data, dict):
-        raise ValueError(f"{section}: expected a mapping of keys to values, got {data!r}")
+        raise ValueError(f"{section}: expected a mapping of keys to values, got "
+                         f"{shown(data)}")
     hints = typing.get_type_hints(cls)
     accepted = field_names(cls)
     values = {}
@@ -142,7 +208,7 @@ def coerce(field: str, annotation, value):
         if mapping and isinstance(value, dict):
             return value
     names = " or ".join(_type_name(kind) for kind in options)
-    raise ValueError(f"{field}: expected {names}, got {value!r}")
+    raise ValueError(f"{field}: expected {names}, got {shown(value)}")
 
 
 def number_text(text: str):

@@ -48,7 +48,7 @@ def test_checkpoint_weights_are_used(tmp_path, capsys):
     rnnscope_init = __import__("rnnscope").init_
     rnnscope_init(model, "identity")
     torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pt")
-    args = ["diagnose", "--cell", "rnn_relu", *SMALL, "--json", "--out", str(tmp_path)]
+    args = ["diagnose", "--cell", "rnn_relu", *SMALL, "--json", "--out", str(tmp_path / "out")]
     assert main(args) == 0
     default = json.loads(capsys.readouterr().out)
     assert main([*args, "--checkpoint", str(tmp_path / "ckpt.pt")]) == 0

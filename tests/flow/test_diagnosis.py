@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnscope
-from rnnscope.flow.diagnosis import REACH_THRESHOLD, diagnose
+from rnnscope.flow.diagnosis import REACH_THRESHOLD, Context, diagnose
 from rnnscope.flow.recording import GradientFlow
 from rnnscope.models.init import parse_init_spec
 from rnnscope.models.sequence import SequenceModel
@@ -84,6 +84,54 @@ def test_learning_rate_fix_is_exact_when_the_rate_is_known():
     flow = flow_from_profile([1.2**s for s in range(60)])
     fixes = diagnose(flow, lr=0.01).fixes
     assert {"lr": "0.001"} in [f.change for f in fixes]
+
+
+def test_the_reach_is_held_against_the_horizon_the_task_needs():
+    flow = flow_from_profile([0.8**s for s in range(200)])  # reach 31
+    assert diagnose(flow, horizon=30).verdict == "healthy"
+    vanishing = diagnose(flow, horizon=100)
+    assert vanishing.verdict == "vanishing" and vanishing.evidence["horizon"] == 100
+    assert "where the task needs 100" in vanishing.summary()
+    assert diagnose(flow).verdict == "vanishing"  # no horizon: the recorded 200 steps
+
+
+def test_a_solved_task_is_healthy_whatever_the_profile():
+    flow = flow_from_profile([0.5**s for s in range(100)])
+    result = diagnose(flow, context=Context(horizon=100, solved=True))
+    assert (result.verdict, result.fixes) == ("healthy", [])
+    assert result.summary() == "the task is solved: nothing to fix"
+
+
+def test_updates_too_small_to_move_the_weights_are_stalled_not_vanishing():
+    flow = flow_from_profile([0.8**s for s in range(100)])
+    result = diagnose(flow, lr=1e-6, context=Context(horizon=100, update_ratio=1e-6))
+    assert result.verdict == "stalled" and result.evidence["update_ratio"] == 1e-6
+    assert result.fixes[0].change == {"lr": "0.01"}  # 10^4x: updates up to ~3e-3 (capped)
+    assert diagnose(flow, lr=1e-6, context=Context(update_ratio=2e-5)).fixes[0].change == \
+        {"lr": "0.001"}  # 150x: the next power of ten, 1000x
+    assert diagnose(flow, context=Context(update_ratio=1e-3)).verdict == "vanishing"
+
+
+def test_a_window_shorter_than_the_horizon_is_truncated_and_full_bptt_comes_first():
+    flow = flow_from_profile([0.9**s for s in range(100)])
+    result = diagnose(flow, horizon=90, window=25)
+    assert result.verdict == "truncated" and result.evidence["window"] == 25
+    assert [fix.change for fix in result.fixes] == [{"bptt.window": "none"},
+                                                   {"bptt.window": "90"}]
+    assert "full BPTT" in result.fixes[0].code
+    assert diagnose(flow, horizon=20, window=25).verdict == "healthy"  # reach 66 >= 20
+
+
+def test_an_lstm_cell_state_that_carries_the_gradient_counts_for_the_reach():
+    steps = 120
+    h = torch.tensor([0.8**s for s in range(steps)], dtype=torch.float64).flip(0)
+    c = torch.tensor([0.99**s for s in range(steps)], dtype=torch.float64).flip(0)
+    flow = GradientFlow(torch.stack([h, c]), ["rnn.l0", "rnn.l0/c"], [False, False],
+                        states=["h", "c"])
+    result = diagnose(flow)
+    assert result.verdict == "healthy" and result.reach == steps
+    only_h = GradientFlow(h.unsqueeze(0), ["rnn.l0"], [False])
+    assert diagnose(only_h).verdict == "vanishing"
 
 
 # --- real models on the adding problem -----------------------------------------------------

@@ -31,19 +31,22 @@ def loss_of(rnn: nn.RNNBase, head: nn.Linear, x, state, use: str):
     """A loss on the outputs, the final state or both, as models use them."""
     output, final = rnn(x, state)
     h_n = final[0] if isinstance(final, tuple) else final
+    c_n = final[1] if isinstance(final, tuple) else None
     data = output.data if isinstance(output, PackedSequence) else output
     loss = torch.zeros((), dtype=torch.float64)
     if use in ("output", "both"):
         loss = loss + head(data).pow(2).sum()
     if use in ("final", "both"):
         loss = loss + h_n.pow(3).sum()
+        if c_n is not None:  # an LSTM's final cell state: dL/dc_n starts the c rows
+            loss = loss + c_n.pow(2).sum() / 2
     return loss
 
 
-def recorded(engine: str, rnn, head, x, state, use: str):
+def recorded(engine: str, rnn, head, x, state, use: str, cell_state: bool = False):
     rnn.zero_grad(set_to_none=True)
     head.zero_grad(set_to_none=True)
-    with record(rnn, per_sample=True, engine=engine) as rec:
+    with record(rnn, per_sample=True, engine=engine, cell_state=cell_state) as rec:
         loss = loss_of(rnn, head, x, state, use)
         loss.backward()
     grads = {n: p.grad for n, p in [*rnn.named_parameters(),
@@ -67,6 +70,7 @@ def setups(draw):
         "packed": draw(st.booleans()),
         "initial": draw(st.booleans()),
         "use": draw(st.sampled_from(["output", "final", "both"])),
+        "cell_state": draw(st.booleans()),  # an LSTM's dL/dc_t rows too
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -94,9 +98,10 @@ def test_fused_flow_equals_the_unrolled_flow(setup):
         c_0 = torch.randn(*shape, setup["hidden"], dtype=torch.float64)
         state = (h_0, c_0) if setup["cell"] == "lstm" else h_0
 
-    flow, loss, grads = recorded("fused", rnn, head, x, state, setup["use"])
+    options = (setup["use"], setup["cell_state"])
+    flow, loss, grads = recorded("fused", rnn, head, x, state, *options)
     expected, expected_loss, expected_grads = recorded("unrolled", rnn, head, x, state,
-                                                       setup["use"])
+                                                       *options)
     assert flow.layers == expected.layers and flow.reverse == expected.reverse
     assert flow.states == expected.states
     assert_close(flow.norms, expected.norms, rtol=1e-10, atol=1e-300, equal_nan=True)
@@ -198,8 +203,9 @@ def test_several_backward_passes_add_up_on_the_fused_path_too():
 
 
 def test_which_engine_records_what():
-    """auto: an LSTM through its fused kernel, an Elman RNN on a CPU unrolled (torch's CPU
-    Elman kernel is a loop of steps); cell-state rows, GRUs and Recurrent always unrolled."""
+    """auto: an LSTM through its fused kernel (its cell-state rows too), an Elman RNN on
+    a CPU unrolled (torch's CPU Elman kernel is a loop of steps); GRUs, Recurrent, and the
+    cell-state rows of a projected LSTM or of packed input always unrolled."""
     torch.manual_seed(0)
     calls = []
     layer = fused._layer
@@ -213,7 +219,8 @@ def test_which_engine_records_what():
              (nn.RNN(3, 4), {"engine": "fused"}, ["rnn_tanh"]), (nn.GRU(3, 4), {}, []),
              (nn.GRU(3, 4), {"engine": "fused"}, []),
              (nn.LSTM(3, 4), {"engine": "unrolled"}, []),
-             (nn.LSTM(3, 4), {"cell_state": True}, [])]
+             (nn.LSTM(3, 4), {"cell_state": True}, ["lstm"]),
+             (nn.LSTM(3, 4, proj_size=2), {"cell_state": True}, [])]
     for rnn, options, expected in cases:
         calls.clear()
         fused._layer = counted

@@ -91,7 +91,7 @@ def test_batches_are_deterministic_by_seed_and_keep_splits_apart(tmp_path):
 @pytest.mark.parametrize(("damage", "message"), [
     ("missing", "has no t10k-labels-idx1-ubyte"),
     ("magic", "wrong magic number 0x00000802; expected 0x00000801"),
-    ("truncated", "truncated or padded: header says (6,) = 6 bytes, found 4"),
+    ("truncated", "truncated or padded: its header says 6 = 6 bytes of data, found 4"),
     ("header", "truncated: 3 bytes"),
     ("count", "6 images but 5 labels"),
     ("labels", "labels must be 0..9, found 12"),
@@ -156,6 +156,9 @@ def test_error_rate_and_loss_on_hand_set_logits():
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"mode": "column"}, "task.mode"), ({"valid_fraction": 1.5}, "task.valid_fraction"),
     ({"permutation_seed": -1}, "task.permutation_seed"),
+    ({"permutation_seed": 10**23}, "task.permutation_seed"),  # overflowed torch's seed
+    ({"valid_fraction": 0.0001}, "task.valid_fraction"),  # issue 19: no held-out image
+    ({"valid_fraction": 0.9999}, "task.valid_fraction"),  # no training image
 ])
 def test_bad_digits_parameters(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}"):
@@ -171,3 +174,30 @@ def test_pixel_tasks_train_a_model():
     loss = task.loss(output, labels)
     loss.backward()
     assert torch.isfinite(loss) and model.head.weight.grad is not None
+
+
+def test_idx_issue_19_headers_that_overflow_and_images_of_no_pixels(tmp_path):
+    """Issue 19: dimensions whose product overflows numpy's int64 named no file, and
+    zero-height images failed later with "the sequence is empty"."""
+    make_mnist(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte"
+    huge = struct.pack(">4I", 0x0803, 2**32 - 1, 2**32 - 1, 2**32 - 1) + bytes(10)
+    images.write_bytes(huge)
+    with pytest.raises(ValueError) as info:
+        get_task("idx", path=str(tmp_path))
+    assert str(info.value) == (
+        f"{images}: truncated or padded: its header says 4294967295 x 4294967295 x "
+        f"4294967295 = {(2**32 - 1) ** 3:,} bytes of data, found 10")
+    make_mnist(tmp_path, size=(0, 5))
+    with pytest.raises(ValueError) as info:
+        get_task("idx", path=str(tmp_path))
+    assert str(info.value) == f"{images}: images of 0x5 pixels; expected at least 1x1"
+
+
+def test_idx_path_expands_the_home_directory(tmp_path, monkeypatch):
+    """Issue 19: --task.path=~/data reaches the task unexpanded (the README's example)."""
+    (tmp_path / "mnist").mkdir()
+    make_mnist(tmp_path / "mnist")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    task = get_task("idx", path="~/mnist")
+    assert task.seq_len == 20

@@ -1,7 +1,11 @@
-"""Forecasting from small CSV files the tests write: windows, normalisation, baseline, errors."""
+"""Forecasting from small CSV files the tests write: windows relative to their last row,
+the scale, the baselines, errors; and an LSTM that beats the naive forecasts on a
+trending, seasonal series with missing rows."""
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 
 import pytest
@@ -10,6 +14,8 @@ import torch
 from rnnscope.models.sequence import SequenceModel
 from rnnscope.tasks import get_task
 from rnnscope.tasks.series import SeriesTask
+from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.trainer import Trainer
 
 
 def write_csv(tmp_path, header: str, rows: list, name: str = "data.csv") -> str:
@@ -32,53 +38,66 @@ def test_registered_and_sized(tmp_path):
     assert task.columns == ["x", "y"]
 
 
-def test_normalised_with_training_statistics(tmp_path):
-    task = SeriesTask(ramp(tmp_path), "x", seq_len=3, valid_fraction=0.25)  # 15 train rows
-    mean, std = statistics.fmean(range(15)), statistics.pstdev(range(15))
-    assert task.mean.tolist() == pytest.approx([mean]) and task.std.tolist() == pytest.approx([std])
-    expected = [(t - mean) / std for t in range(20)]
-    assert task.values["train"][:, 0].tolist() == pytest.approx(expected[:15], abs=1e-6)
-    assert task.values["valid"][:, 0].tolist() == pytest.approx(expected[15:], abs=1e-6)
+def squares(tmp_path, rows: int = 20) -> str:
+    """t, x = t^2 and y = 100 - 3t: x's changes grow, so windows differ, y trends down."""
+    return write_csv(tmp_path, "t,x,y", [(t, t * t, 100 - 3 * t) for t in range(rows)])
 
 
-def test_validation_values_do_not_change_the_statistics(tmp_path):
-    rows = [(t, t) for t in range(20)]
+def test_scale_is_the_rms_of_one_step_changes_in_the_training_rows(tmp_path):
+    task = SeriesTask(squares(tmp_path), "x,y", seq_len=3, valid_fraction=0.25)  # 15 train rows
+    changes = [2 * t + 1 for t in range(14)]  # (t + 1)^2 - t^2
+    rms = math.sqrt(statistics.fmean(c * c for c in changes))
+    assert task.scale.tolist() == pytest.approx([rms, 3.0], rel=1e-12)  # a steady trend: 3
+    assert task.values["train"][:, 0].tolist() == [t * t for t in range(15)]  # kept as read
+    assert task.values["valid"][:, 0].tolist() == [t * t for t in range(15, 20)]
+
+
+def test_validation_values_do_not_change_the_scale(tmp_path):
+    rows = [(t, t * t) for t in range(20)]
     first = SeriesTask(write_csv(tmp_path, "t,x", rows, "a.csv"), "x", seq_len=3)
     changed = rows[:16] + [(t, 1000 - 7 * t) for t in range(16, 20)]
     second = SeriesTask(write_csv(tmp_path, "t,x", changed, "b.csv"), "x", seq_len=3)
-    assert torch.equal(first.mean, second.mean) and torch.equal(first.std, second.std)
+    assert torch.equal(first.scale, second.scale)
     assert torch.equal(first.values["train"], second.values["train"])
-    assert not torch.equal(first.values["valid"], second.values["valid"])
-
-
-def raw(task: SeriesTask, values: torch.Tensor) -> torch.Tensor:
-    """Normalised values [..., C] back in the file's units, rounded (the ramp is integer)."""
-    return (values.double() * task.std + task.mean).round()
+    assert first.baseline != second.baseline
 
 
 @pytest.mark.parametrize("split", ["train", "valid"])
-def test_windows_and_targets_match_the_file(tmp_path, split):
-    task = SeriesTask(ramp(tmp_path), ["x", "y"], seq_len=3, horizon=2, valid_fraction=0.25)
-    inputs, targets = task.batch(64, torch.Generator().manual_seed(0), split)
-    assert inputs.shape == (3, 64, 2) and targets.shape == (64, 4)
-    assert inputs.dtype == targets.dtype == torch.float32
-    rows_in, rows_ahead = raw(task, inputs), raw(task, targets.reshape(64, 2, 2))
+def test_windows_are_relative_to_their_last_row(tmp_path, split):
+    task = SeriesTask(squares(tmp_path), ["x", "y"], seq_len=3, horizon=2, valid_fraction=0.25)
+    inputs, targets = task.windows(split)
     first, last = (0, 15) if split == "train" else (15, 20)
-    for b in range(64):
-        start = int(rows_in[0, b, 0])
-        window = torch.arange(start, start + 5, dtype=torch.float64)
-        assert torch.equal(rows_in[:, b, 0], window[:3])  # x, three rows in a row
-        assert torch.equal(rows_in[:, b, 1], 100 - 2 * window[:3])  # y alongside
-        # Target entry h * C + c: column c, h + 1 rows after the window.
-        assert torch.equal(rows_ahead[b, :, 0], window[3:])
-        assert torch.equal(rows_ahead[b, :, 1], 100 - 2 * window[3:])
-        assert first <= start and start + 5 <= last  # never across the boundary
-    starts = set(rows_in[0, :, 0].tolist())
-    assert starts == set(range(first, last - 4))  # every window of the split turns up
+    assert inputs.shape == (3, last - first - 4, 2) and targets.shape == (last - first - 4, 4)
+    assert inputs.dtype == targets.dtype == torch.float32
+    x_scale, y_scale = task.scale.tolist()
+    for w, start in enumerate(range(first, last - 4)):
+        rows = [(t * t, 100 - 3 * t) for t in range(start, start + 5)]
+        end = rows[2]  # the window's last row
+        for t in range(3):
+            assert inputs[t, w].tolist() == pytest.approx(
+                [(rows[t][0] - end[0]) / x_scale, (rows[t][1] - end[1]) / y_scale], rel=1e-6)
+        # Target entry h * C + c: column c's change, h + 1 rows after the window.
+        expected = [(rows[3 + h][c] - end[c]) / (x_scale, y_scale)[c] for h in range(2)
+                    for c in range(2)]
+        assert targets[w].tolist() == pytest.approx(expected, rel=1e-6)
+    # A trend far above the training rows looks like any other window: y's inputs are
+    # the same in every window of either split.
+    assert torch.equal(inputs[:, 0, 1], inputs[:, -1, 1])
+
+
+def test_drawn_batches_are_windows_of_the_split(tmp_path):
+    task = SeriesTask(squares(tmp_path), "x", seq_len=3, horizon=2, valid_fraction=0.25)
+    for split in ("train", "valid"):
+        inputs, targets = task.batch(64, torch.Generator().manual_seed(0), split)
+        every_input, every_target = task.windows(split)
+        drawn = {tuple(inputs[:, b, 0].tolist() + targets[b].tolist()) for b in range(64)}
+        allowed = {tuple(every_input[:, w, 0].tolist() + every_target[w].tolist())
+                   for w in range(every_target.shape[0])}
+        assert drawn == allowed  # never across the boundary; every window turns up
 
 
 def test_batches_are_deterministic_by_seed(tmp_path):
-    task = SeriesTask(ramp(tmp_path, 40), "x", seq_len=4)
+    task = SeriesTask(squares(tmp_path, 40), "x", seq_len=4)
     first = task.batch(8, torch.Generator().manual_seed(5), "valid")
     second = task.batch(8, torch.Generator().manual_seed(5), "valid")
     other = task.batch(8, torch.Generator().manual_seed(6), "valid")
@@ -87,20 +106,37 @@ def test_batches_are_deterministic_by_seed(tmp_path):
 
 
 def test_persistence_baseline_is_exact(tmp_path):
-    # x = 0, 2, 4, 4, 0 | 1, 3, 2, 6; train mean 2, variance 16/5; seq_len 2, horizon 2.
+    # x = 0, 2, 4, 4, 0 | 1, 3, 2, 6; training changes 2, 2, 0, -4: scale^2 = 24 / 4.
     path = write_csv(tmp_path, "x", [(v,) for v in (0, 2, 4, 4, 0, 1, 3, 2, 6)])
     task = SeriesTask(path, "x", seq_len=2, horizon=2, valid_fraction=0.45)
     assert len(task.values["valid"]) == 4
     # One validation window fits: (1, 3) -> (2, 6); repeating 3 errs by -1 and 3.
-    expected = ((2 - 3) ** 2 + (6 - 3) ** 2) / 2 / (16 / 5)
-    assert task.baseline == pytest.approx(expected, rel=1e-12)
+    expected = ((2 - 3) ** 2 + (6 - 3) ** 2) / 2 / (24 / 4)
+    assert task.baseline == task.baselines["persistence"] == pytest.approx(expected, rel=1e-12)
+    assert "seasonal_naive" not in task.baselines  # no season given
 
 
 def test_persistence_baseline_of_a_ramp(tmp_path):
-    # A straight line: h steps ahead the persistence error is h * slope, for every window.
-    task = SeriesTask(ramp(tmp_path, 40), "x", seq_len=4, horizon=3)
-    slope = 1 / statistics.pstdev(range(32))
-    assert task.baseline == pytest.approx((1 + 4 + 9) / 3 * slope**2, rel=1e-12)
+    # A straight line: h steps ahead the persistence error is h times the one-step change,
+    # which is the scale.
+    task = SeriesTask(squares(tmp_path, 40), "y", seq_len=4, horizon=3)
+    assert task.baseline == pytest.approx((1 + 4 + 9) / 3, rel=1e-12)
+
+
+def test_seasonal_naive_baseline_is_exact(tmp_path):
+    # Period 4 on a trend of 1 per row: the value a season back is 4 lower, always.
+    pattern = (0, 3, -1, 2)
+    rows = [(t, t + pattern[t % 4]) for t in range(60)]
+    task = SeriesTask(write_csv(tmp_path, "t,x", rows), "x", seq_len=6, horizon=5,
+                      season=4)
+    scale = task.scale.item()
+    # Steps 1-4 look one season back, step 5 two: errors 4, 4, 4, 4, 8.
+    assert task.baselines["seasonal_naive"] == pytest.approx(
+        (4 * 16 + 64) / 5 / scale**2, rel=1e-12)
+    # Without the trend the season repeats exactly: the seasonal naive forecast is right.
+    flat = SeriesTask(write_csv(tmp_path, "t,x", [(t, pattern[t % 4]) for t in range(60)],
+                                "flat.csv"), "x", seq_len=6, horizon=5, season=4)
+    assert flat.baselines["seasonal_naive"] == 0 < flat.baselines["persistence"]
 
 
 def test_missing_error_lists_spreadsheet_row_numbers(tmp_path):
@@ -124,7 +160,7 @@ def test_missing_drop_removes_the_rows(tmp_path):
     rows = [(t, t if t % 5 != 2 else "") for t in range(25)]
     task = SeriesTask(write_csv(tmp_path, "t,x", rows), ["t", "x"], seq_len=3,
                       missing="drop")
-    kept = torch.cat([raw(task, task.values["train"]), raw(task, task.values["valid"])])
+    kept = torch.cat([task.values["train"], task.values["valid"]])
     expected = [t for t in range(25) if t % 5 != 2]
     assert kept[:, 0].tolist() == expected and kept[:, 1].tolist() == expected
 
@@ -134,8 +170,7 @@ def test_missing_interpolate_is_linear_and_holds_the_ends(tmp_path):
     y = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "", 13, 14, 15, 16, 17, 18]
     path = write_csv(tmp_path, "x,y", list(zip(x, y, strict=True)))
     task = SeriesTask(path, "x,y", seq_len=3, missing="interpolate", valid_fraction=0.5)
-    filled = torch.cat([task.values["train"], task.values["valid"]]).double()
-    filled = filled * task.std + task.mean
+    filled = torch.cat([task.values["train"], task.values["valid"]])
     assert filled[:, 0].tolist() == pytest.approx(
         [3, 3, 3, 5, 7, 9, 10, 12, 14, 1, 2, 3, 4, 5, 6, 7, 8, 8], abs=1e-5)
     assert filled[:, 1].tolist() == pytest.approx(list(range(1, 19)), abs=1e-5)
@@ -180,7 +215,13 @@ def test_plugs_into_a_sequence_model(tmp_path):
     ("fine", {"valid_fraction": 1.0}, "task.valid_fraction: must be in (0, 0.5], got 1.0"),
     ("fine", {"missing": "zero"}, "task.missing: unknown 'zero'; accepted: error, drop, "
                                   "interpolate"),
-    ("constant", {}, "{path}: column 'x' is constant in the training rows (std 0)"),
+    ("constant", {}, "{path}: column 'x' is constant in the training rows, so there are "
+                     "no changes to forecast"),
+    ("huge", {}, "{path}: column 'x' holds values up to 1e+308, too large to take "
+                 "differences of in float64"),
+    ("spiky", {}, "{path}: column 'x' spans more than 1e+30 times its typical change"),
+    ("fine", {"season": 0}, "task.season: must be an integer >= 1, got 0"),
+    ("fine", {"season": 17}, "task.season: at most the 16 training rows, got 17"),
     ("hollow", {"missing": "interpolate"}, "{path}: column 'x' holds no numbers"),
 ])
 def test_bad_input_is_one_line_naming_the_file_or_field(tmp_path, case, settings, message):
@@ -193,6 +234,9 @@ def test_bad_input_is_one_line_naming_the_file_or_field(tmp_path, case, settings
         "latin-1": "t,caf\xe9\n" + body,
         "constant": "t,x\n" + "".join(f"{t},5\n" for t in range(16)) + "16,1\n" * 4,
         "hollow": "t,x\n" + "".join(f"{t},-\n" for t in range(20)),
+        # +-1e308 in turn: each is a float64, their differences are not (issue 19)
+        "huge": "t,x\n" + "".join(f"{t},{(-1) ** t}e308\n" for t in range(20)),
+        "spiky": "t,x\n" + "".join(f"{t},{t}\n" for t in range(16)) + "16,1e300\n" * 4,
     }
     if case in contents:
         path.write_bytes(contents[case].encode("latin-1" if case == "latin-1" else "utf-8"))
@@ -213,3 +257,36 @@ def test_design_spelling_column_is_an_alias_for_one_column(tmp_path):
     for settings in ({}, {"column": "y", "columns": "y"}):
         with pytest.raises(ValueError, match="^task.columns: give the CSV column"):
             get_task("series", path=path, seq_len=4, **settings)
+
+
+def trending_seasonal_csv(tmp_path, rows: int = 480, season: int = 12) -> str:
+    """Monthly-like data: a trend, a yearly season, noise, and 5% of the values missing
+    (empty cells, as a spreadsheet export leaves them)."""
+    rng = random.Random(0)
+    lines = []
+    for t in range(rows):
+        value = 10 + 0.05 * t + 2 * math.sin(2 * math.pi * t / season) + rng.gauss(0, 0.2)
+        lines.append((t, "" if rng.random() < 0.05 else f"{value:.4f}"))
+    return write_csv(tmp_path, "t,x", lines)
+
+
+def test_an_lstm_beats_the_naive_forecasts_on_a_trending_seasonal_series(tmp_path):
+    """Issue 19: forecasting levels normalised on the training rows lost to persistence
+    13x once the trend carried the held-out rows above them; relative windows win."""
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "series", "path": trending_seasonal_csv(tmp_path), "column": "x",
+                 "missing": "interpolate", "season": 12, "seq_len": 24},
+        "model": {"cell": "lstm", "hidden": 16, "engine": "native"}, "optim": {"lr": 0.01},
+        "run": {"steps": 100, "batch": 32, "eval_every": 0, "checkpoint_every": 0,
+                "quiet": True}, "probe": {"every": 0}})
+    trainer = Trainer(config)
+    task = trainer.task
+    assert task.values["valid"].min() > task.values["train"].max() - 4  # the trend
+    trainer.fit()
+    inputs, targets = task.windows("valid")
+    with torch.no_grad():
+        output, _ = trainer.model(inputs)
+    mse = torch.nn.functional.mse_loss(output[-1], targets).item()
+    persistence, seasonal = task.baselines["persistence"], task.baselines["seasonal_naive"]
+    assert 0.5 < persistence < 2 and 0.5 < seasonal < 2  # the units: one-step changes
+    assert mse < 0.3 * persistence and mse < 0.3 * seasonal, (mse, task.baselines)

@@ -18,39 +18,9 @@ from rnnscope.figures.flow import flow_heatmap_figure
 from rnnscope.remedies.guard import TrainingDiverged
 from rnnscope.report.data import load_run
 from rnnscope.report.render import render_report
-from rnnscope.tasks import get_task
+from support import WatchedModel as Model
 from support import metrics_lines
-
-
-class Model(nn.Module):
-    def __init__(self, rnn: type[nn.Module] = nn.LSTM) -> None:
-        super().__init__()
-        self.rnn = rnn(2, 16)
-        self.head = nn.Linear(16, 1)
-
-    def forward(self, x):
-        return self.head(self.rnn(x)[0][-1])
-
-
-def plain_loop(out, steps=60, every=5, keep_at=(), rnn=nn.LSTM, seq_len=12, **options):
-    """A training loop as users write one, with one `with watch(...)` around it; the
-    weights and batch of the steps in `keep_at`, as they were for that step's backward."""
-    torch.manual_seed(0)
-    model, task = Model(rnn), get_task("adding", seq_len=seq_len)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    generator, kept = torch.Generator().manual_seed(0), {}
-    with rnnscope.watch(model, out, every=every, **options) as watcher:
-        for step in range(1, steps + 1):
-            inputs, targets = task.batch(16, generator)
-            if step in keep_at:
-                kept[step] = ({k: v.clone() for k, v in model.state_dict().items()},
-                              inputs, targets)
-            optimizer.zero_grad()
-            loss = nn.functional.mse_loss(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            watcher.log(loss=loss, lr=optimizer.param_groups[0]["lr"])
-    return watcher, model, kept
+from support import watched_loop as plain_loop
 
 
 def test_a_watched_loop_writes_a_run_directory_of_probes_and_curves(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from rnnscope.checks import available_cores, workers
 from rnnscope.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from rnnscope.files import json_safe
 
@@ -93,7 +94,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path,
                         help="directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 1 min)")
-    parser.add_argument("--workers", type=int, default=2, help="runs at once (default 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs at once (default 2, or 1 on a one-core machine; at most "
+                        "the CPU cores unless --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="allow more --workers than this machine's CPU cores")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead")
     parser.set_defaults(func=run)
 
@@ -104,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     from rnnscope.study.workers import WorkerDied, run_study
 
     started = time.perf_counter()
+    if args.workers is None:
+        args.workers = min(2, available_cores())
+    workers("--workers", args.workers, force=args.force)
     data = demo_study_data(args.quick)
     study = study_from_dict(data)
     directory = args.out or Path("runs") / data["name"]

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import torch
 
+from rnnscope.checks import integer
 from rnnscope.cli.common import EXIT_OK
 from rnnscope.figures.flow import plot_flow_profile
-from rnnscope.files import json_safe, write_json
-from rnnscope.flow.diagnosis import diagnose
+from rnnscope.files import blocking_file, check_file_target, json_safe, reason, write_json
+from rnnscope.flow.diagnosis import Context, diagnose
 from rnnscope.flow.recording import record
 from rnnscope.models.cells import CELLS
 from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import TASKS, task_settings
 from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.predict import PREDICT_STEPS, short_run
+from rnnscope.training.run import build_error
 
 EXAMPLES = """\
 examples:
@@ -31,11 +34,21 @@ examples:
   rnnscope diagnose --task digits --task.permuted=true --cell lstm
   rnnscope diagnose --task series --task.path=co2.csv --task.columns=co2 --seq-len 100
 
+  # will it learn? a prediction from a short run (50 Adam steps at --lr) rather than the
+  # initial weights: gates that learn to remember, a memory that collapses, updates too
+  # small to move the weights, a truncation window shorter than the task needs
+  rnnscope diagnose --task adding --seq-len 200 --cell gru --init orthogonal --predict
+  rnnscope diagnose --task temporal_order --seq-len 200 --cell lstm --init chrono:200 \
+      --predict --bptt.window=25 --lr 0.01
+
   # a trained model: weights from a checkpoint (a state_dict, or {"model": state_dict})
   rnnscope diagnose --cell lstm --hidden 128 --checkpoint runs/lstm/checkpoints/last.pt
 
-Exit codes: 0 done, 2 bad input. Writes flow.png and diagnosis.json under --out.
+Exit codes: 0 done, 2 bad input. Writes flow.png and diagnosis.json under --out: a new
+or empty directory, or one that holds only an earlier diagnosis.
 """
+
+OUT_FILES = ("flow.png", "diagnosis.json")
 
 
 def register(subparsers) -> None:
@@ -56,32 +69,48 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", type=Path, help="load model weights from this file")
+    parser.add_argument("--predict", action="store_true",
+                        help="train --predict-steps steps first (Adam at --lr, in a temporary "
+                        "run directory) and diagnose the model as it starts to learn")
+    parser.add_argument("--predict-steps", type=int, default=PREDICT_STEPS,
+                        help=f"steps of the short run (default {PREDICT_STEPS})")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (optim.lr)")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose"),
                         help="directory for flow.png and diagnosis.json")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead")
-    parser.set_defaults(func=run, overrides=("task",))
+    parser.set_defaults(func=run, overrides=("task", "optim", "clip", "bptt"))
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # Validate everything before touching --out, so bad input leaves nothing behind.
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"out: {args.out} exists and is not a directory")
+    _check_out(args.out)
     config = _config(args)
-    task = config.task.build()
-    torch.manual_seed(args.seed)
-    model = config.model.build(task.input_size, task.output_size)
-    config.init.apply(model)
+    try:
+        task = config.task.build()
+        torch.manual_seed(args.seed)
+        model = config.model.build(task.input_size, task.output_size)
+        config.init.apply(model)
+        inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(args.seed))
+    except (RuntimeError, MemoryError) as error:
+        raise build_error(error) from None
+    if args.checkpoint is not None and args.predict:
+        raise ValueError("predict: trains from the initial weights; drop --checkpoint")
     if args.checkpoint is not None:
         _load_checkpoint(model, args.checkpoint)
+    context = Context(horizon=task.reach_needed, window=config.bptt.window)
+    if args.predict:
+        run = short_run(config, integer("--predict-steps", args.predict_steps, 1))
+        model.load_state_dict(run.weights)
+        context = run.context
 
     flush_denormal(True)  # see DESIGN.md: subnormals make CPU steps 10x slower
-    inputs, targets = task.batch(args.batch, torch.Generator().manual_seed(args.seed))
-    with record(model) as recorder:
+    with record(model, cell_state=True) as recorder:
         output, _ = model(inputs)
         loss = task.loss(output, targets)
         loss.backward()
-    result = diagnose(recorder, current=config.as_flags())
+    result = diagnose(recorder, lr=config.optim.lr, current=config.as_flags(),
+                      context=context)
 
     seq_len = getattr(task, "seq_len", None)
     title = f"{args.task} T={seq_len}: {args.cell}, init {args.init} -> {result.verdict}"
@@ -102,6 +131,27 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_out(out: Path) -> None:
+    """--out: new, empty, or an earlier diagnosis (its two files); never a directory of
+    someone else's files, which flow.png and diagnosis.json could overwrite."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out: {out} exists and is not a directory")
+        if out.is_dir():
+            foreign = sorted(entry.name for entry in out.iterdir()
+                             if entry.name not in OUT_FILES)
+            if foreign:
+                raise ValueError(f"out: {out} holds files that are not a diagnosis's (e.g. "
+                                 f"{foreign[0]}); choose a new or empty directory")
+            for name in OUT_FILES:
+                check_file_target("out", out / name)
+        elif blocking_file(out) is not None:
+            raise ValueError(f"out: cannot create {out} ({blocking_file(out)} is a file, "
+                             f"not a directory)")
+    except OSError as error:
+        raise ValueError(f"out: cannot use {out} ({reason(error)})") from None
+
+
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     """The command's settings as the experiment config they are part of: each value is
     checked there, as for `rnnscope train`."""
@@ -111,10 +161,14 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
             raise ValueError(f"seq-len: task {args.task!r} has a fixed length; it takes "
                              f"{', '.join(task_settings(args.task)) or 'no settings'}")
         task["seq_len"] = args.seq_len
+    sections = {section: dict(values) for section, values in args.overrides.items()
+                if section != "task" and values}
+    if args.lr is not None:
+        sections.setdefault("optim", {})["lr"] = args.lr
     return ExperimentConfig.from_dict({
         "task": task, "model": {"cell": args.cell, "hidden": args.hidden,
                                 "layers": args.layers},
-        "init": args.init, "run": {"batch": args.batch, "seed": args.seed}})
+        "init": args.init, "run": {"batch": args.batch, "seed": args.seed}, **sections})
 
 
 def _print(args: argparse.Namespace, seq_len, loss: float, result, plot: Path) -> None:

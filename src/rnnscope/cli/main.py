@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from rnnscope import __version__
-from rnnscope.cli.common import EXIT_BAD_INPUT, EXIT_OK, parse_overrides
+from rnnscope.cli.common import EXIT_BAD_INPUT, EXIT_OK, cut, error_line, parse_overrides
 
 # Modules of rnnscope.cli, one per subcommand; each adds itself in `register`.
 SUBCOMMANDS: tuple[str, ...] = ("demo", "diagnose", "report", "study", "train")
@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with bad input reported in one line (no usage block) and exit code 2."""
 
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {cut(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.overrides = parse_overrides(extra, sections=overrides)
         except ValueError as error:
-            print(f"rnnscope: error: {error}", file=sys.stderr)
+            print(f"rnnscope: error: {error_line(error)}", file=sys.stderr)
             return EXIT_BAD_INPUT
     if getattr(args, "func", None) is None:
         parser.print_help()
@@ -61,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, TypeError, OSError) as error:
         # Validation errors name the field and the accepted values in one line;
-        # OSError: an unreadable input or unwritable --out.
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"rnnscope: error: {message}", file=sys.stderr)
+        # OSError: an unreadable input or unwritable --out, named with the reason.
+        print(f"rnnscope: error: {error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -23,7 +23,9 @@ examples:
 
 The page embeds its figures and needs no network: mail it or archive it as is.
 A section whose data is missing (a run killed early) shows a note instead.
-Exit codes: 0 done, 2 bad input (not a run or study directory, unwritable --out).
+--out replaces only a report written before: a directory, a FIFO, a device, a link
+or any other file is refused. Exit codes: 0 done, 2 bad input (not a run or study
+directory, unwritable --out).
 """
 
 
@@ -45,17 +47,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rnnscope.report.data import kind_of
-    from rnnscope.report.render import REPORT_FILE, render_report  # imports matplotlib
+    from rnnscope.report.render import (  # imports matplotlib
+        REPORT_FILE,
+        check_report_target,
+        render_report,
+    )
 
     kind_of(args.directory)  # a run or a study directory, else a one-line ValueError
-    out = args.out if args.out is not None else args.directory / REPORT_FILE
     # Checked before the slow part, so bad input fails fast; Report.write checks again.
-    if out.is_dir():
-        raise ValueError(f"out: {out} is a directory; give a file name such as "
-                         f"{out / REPORT_FILE}")
-    blocking = next((parent for parent in out.parents if parent.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise ValueError(f"out: cannot write {out} ({blocking} is a file, not a directory)")
+    out = check_report_target(args.out if args.out is not None
+                              else args.directory / REPORT_FILE)
     report = render_report(args.directory)
     path = report.write(out)
     if args.json:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rnnscope.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from rnnscope.files import json_safe
+from rnnscope.files import WriteError, json_safe
 from rnnscope.training.config import SECTIONS, SHORTHANDS, ExperimentConfig
 
 EXAMPLES = """\
@@ -36,8 +36,12 @@ examples:
   torchrun --nproc_per_node 2 -m rnnscope train --batch 64 --out runs/ddp
 
 Writes config.yaml, metrics.jsonl, summary.json, TensorBoard events and checkpoints/
-under --out (default runs/<task>-<cell>-<init>). Exit codes: 0 done, 1 training
-failed (the NaN guard gave up), 2 bad input, 130 interrupted (resume with --resume).
+under --out (default runs/<task>-<cell>-<init>): a new or empty directory, never one
+of other files. --resume keeps every good metrics line; damaged ones move to
+metrics.damaged, with a note. Limits: model.hidden x model.layers at most 100 million
+recurrent weights, run.seed 0..4294967295, run.name 100 characters, run.batch 2**20.
+Exit codes: 0 done, 1 training failed (the NaN guard gave up), 2 bad input (one line
+naming the field), 130 interrupted (resume with --resume).
 """
 
 # Help for the shorthand flags; which field each sets is training.config.SHORTHANDS.
@@ -124,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"rnnscope: interrupted; continue with: rnnscope train --resume --out "
                   f"{config.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except WriteError as error:  # disk full mid-run: what was written up to the checkpoint
+        if main:                 # stands, so the run can go on from there
+            print(f"rnnscope: error: {error}; once there is room, continue with: rnnscope "
+                  f"train --resume --out {config.run_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RankFailed:
         return EXIT_BAD_INPUT  # the rank that failed has said why
     failed = result.status == "diverged"
@@ -131,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False))
     elif main:
         _print_summary(result)
+    if main:
+        for note in result.notes:
+            print(f"rnnscope: note: {note}", file=sys.stderr)
     if main and failed:
         print(f"rnnscope: training failed: {result.message}", file=sys.stderr)
     if not main:
@@ -148,8 +160,10 @@ def _print_summary(result) -> None:
     solved = "solved" if result.solved else "not solved"
     print(f"{result.run_dir.name}: {result.status} after {result.steps} steps in "
           f"{result.seconds:.1f} s")
-    print(f"  {result.metric_name} {result.metric:.4g} on held-out data (chance "
-          f"{result.baseline:.4g}): {solved}; last training loss {result.final_loss:.4g}")
+    against = ", ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in
+                        result.baselines.items()) or f"chance {result.baseline:.4g}"
+    print(f"  {result.metric_name} {result.metric:.4g} on held-out data ({against}): "
+          f"{solved}; last training loss {result.final_loss:.4g}")
     if result.diagnosis is not None:
         d = result.diagnosis
         print(f"  gradient flow: {d.verdict}, reach {d.reach}/{d.steps} steps, "

@@ -71,14 +71,15 @@ def detach_state(state):
 
 def truncated_bptt(model: nn.Module, inputs: Tensor, loss_fn: WindowLoss,
                    window: int | None = None, state=None, *, batch_first: bool = False,
-                   record_flow: bool = False) -> BPTTResult:
+                   record_flow: bool = False, cell_state: bool = False) -> BPTTResult:
     """Forward and backward over `inputs` in windows of `window` steps.
 
     `model(x_window, state) -> (output, state)`, as torch's recurrent modules and
     `Recurrent` are. Each window's loss is backpropagated as soon as it is
     computed, so parameter gradients accumulate across windows in `.grad` and
     the caller steps the optimiser afterwards. With `record_flow`, dL/dh_t is
-    recorded for every window (`result.flows`).
+    recorded for every window (`result.flows`), with dL/dc_t rows for LSTMs when
+    `cell_state`.
     """
     time_dim = 1 if batch_first else 0
     bounds = window_bounds(inputs.shape[time_dim], window)
@@ -89,7 +90,8 @@ def truncated_bptt(model: nn.Module, inputs: Tensor, loss_fn: WindowLoss,
         # pass; without the cut this backward would try to run through it again.
         state = detach_state(state)
         chunk = inputs.narrow(time_dim, start, stop - start)
-        with record(model) if record_flow else nullcontext() as recorder:
+        with record(model, cell_state=cell_state) if record_flow else nullcontext() \
+                as recorder:
             output, state = model(chunk, state)
             loss = loss_fn(output, start, stop)
             if loss is not None:

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnscope.flow.gradients import RowGradients
+from rnnscope.models import fused
 from rnnscope.models.unrolled import Batch
 
 
@@ -30,7 +31,8 @@ class Row:
         self.grads: list[Tensor | None] = []
         self.sizes: list[int] = []
         self.positions: list[Tensor | None] = []
-        self.blocks: list[tuple[int, FusedLayer, int]] = []  # (first step, layer, direction)
+        # (first step, layer, direction); the row's state says h_t or c_t
+        self.blocks: list[tuple[int, FusedLayer, int]] = []
         self._capture = capture
 
     def put(self, index: int, tensor: Tensor, positions: Tensor | None = None) -> None:
@@ -74,12 +76,12 @@ class Row:
     def gradients(self) -> RowGradients:
         if len(self.blocks) == 1 and len(self.blocks[0][1].active) == len(self.grads):
             _, layer, direction = self.blocks[0]  # the whole row is one fused run
-            grads, live = layer.caller_order(*layer.totals(direction))
+            grads, live = layer.caller_order(*layer.totals(direction, self.state))
         else:
             slots = list(self.grads)
             for first, layer, direction in self.blocks:
                 if layer.reached:
-                    totals, _ = layer.totals(direction)
+                    totals, _ = layer.totals(direction, self.state)
                     for t, size in enumerate(layer.active):
                         slots[first + t] = totals[t, :size]
             grads, live = _padded(slots, self.sizes, self.positions)
@@ -88,8 +90,9 @@ class Row:
 
 class FusedLayer:
     """One layer of a fused run (`models/fused.py`, its `LayerProbe`): the gradients of
-    its output, of its final h and through its recurrence, each summed over backward
-    passes; dL/dh_t of each direction is assembled from them when the flow is read."""
+    its output, of its final state and through its recurrence, each summed over backward
+    passes; dL/dh_t of each direction (and an LSTM's dL/dc_t) is assembled from them when
+    the flow is read."""
 
     def __init__(self, capture: Capture, batch: Batch) -> None:
         self._capture = capture
@@ -100,6 +103,8 @@ class FusedLayer:
         self._packed = packed is not None
         self._parts: dict[str, Tensor] = {}
         self._like: Tensor | None = None
+        self._cells = None  # direction -> fused.Cells, for an LSTM's c rows
+        self._totals: dict[int, tuple[Tensor, Tensor]] = {}
 
     @property
     def reached(self) -> bool:
@@ -108,9 +113,10 @@ class FusedLayer:
     def recurrent(self, grad: Tensor) -> None:
         self._add("recurrent", grad)
 
-    def ran(self, output: Tensor, final: Tensor) -> None:
-        self._like = final  # [D, B, P]: the shape, dtype and device of the parts
-        for key, tensor in (("output", output), ("final", final)):
+    def ran(self, output: Tensor, final: tuple[Tensor, ...], cells) -> None:
+        self._like, self._cells = final[0], cells  # [D, B, P]: shape, dtype, device
+        parts = (("output", output), ("final", final[0]), ("final_c", final[-1]))
+        for key, tensor in parts[: 3 if cells is not None else 2]:
             if tensor.requires_grad:
                 tensor.register_hook(lambda grad, key=key: self._add(key, grad))
 
@@ -120,10 +126,21 @@ class FusedLayer:
         self._parts[key] = grad if previous is None else previous + grad
         self._capture.reached()
 
-    def totals(self, direction: int) -> tuple[Tensor, Tensor]:
-        """dL/dh_t of one direction, [T, B, P], and the live mask [T, B]; rows in the
-        engine's order (packed: longest first). Where a row is not live the values mean
-        nothing (the mask keeps them out)."""
+    def totals(self, direction: int, state: str = "h") -> tuple[Tensor, Tensor]:
+        """dL/dh_t (`state` "h") or an LSTM's dL/dc_t ("c") of one direction, [T, B, P],
+        and the live mask [T, B]; rows in the engine's order (packed: longest first).
+        Where a row is not live the values mean nothing (the mask keeps them out)."""
+        if direction not in self._totals:
+            self._totals[direction] = self._hidden(direction)
+        dh, live = self._totals[direction]
+        if state == "h":
+            return dh, live
+        final = self._parts.get("final_c")
+        final = final[direction] if final is not None else torch.zeros_like(dh[0])
+        return fused.cell_gradients(self._cells(direction), dh, final,
+                                    reverse=direction == 1), live
+
+    def _hidden(self, direction: int) -> tuple[Tensor, Tensor]:
         steps, batch = len(self.active), self.active[0]
         width = self._like.shape[-1]
         live = torch.ones(steps, batch, dtype=torch.bool, device=self._like.device)
@@ -244,9 +261,9 @@ class Capture:
 
         return tap
 
-    def fused_tap(self, run: tuple[str, int], rank: int, directions: int):
+    def fused_tap(self, run: tuple[str, int], rank: int, directions: int, states: int):
         """The fused engine's probe for one call: each layer appends a block of steps to
-        the row of each of its directions."""
+        the row of each of its directions (and with `states=2` to its `.../c` row)."""
         prefix, number = run
 
         def probe(layer: int, batch: Batch) -> FusedLayer:
@@ -254,8 +271,10 @@ class Capture:
             for direction in range(directions):
                 base = (f"{prefix}.l{layer}" if prefix else f"l{layer}") + (
                     "_reverse" if direction else "")
-                self.row((rank, number, layer, direction, 0), base,
-                         direction == 1).put_block(observed, direction)
+                for kind in range(states):
+                    self.row((rank, number, layer, direction, kind),
+                             base if kind == 0 else f"{base}/c", direction == 1,
+                             "hc"[kind]).put_block(observed, direction)
             return observed
 
         return probe

@@ -1,19 +1,26 @@
 """From a recorded gradient flow to a verdict, the numbers behind it, and what to do.
 
-`diagnose(rec_or_flow)` reads the profile of ||dL/dh_t|| by steps back from the
-loss, for each forward-direction row of the flow:
+`diagnose(rec_or_flow)` reads the profile of ||dL/dh_t|| by steps back from the loss
+(`reach.py`: reach, rate, growth), taking for an LSTM the better of its hidden output
+and, where recorded, its cell state (the path an LSTM's memory gives the gradient),
+and what else it is told (`Context`: the horizon the task needs, the truncation
+window, whether the task is solved, the size of the latest update, earlier reaches).
+The verdicts, in the order they are decided:
 
-- reach: steps back until the norm falls below 1e-3 of its largest value
-  (the whole sequence when it never does);
-- rate: the geometric change per step, exp of the least-squares slope of
-  log ||dL/dh_t|| against steps back (below 1 shrinks, above 1 grows);
-- the verdict: `nonfinite` if any gradient is NaN/inf, `exploding` if the
-  gradient grows going back (rate > 1 and the largest norm at least 100x the
-  norm where the loss enters), `vanishing` if the reach is shorter than the
-  sequence, `healthy` otherwise.
+    nonfinite   a NaN or inf in the gradient through time
+    healthy     the task is solved: whatever the profile, there is nothing to fix
+    exploding   the gradient grows going back (rate > 1 and the largest norm >= 100x the
+                norm where the loss enters)
+    stalled     updates are too small to move the weights (||dtheta|| / ||theta|| below
+                1e-4): the learning rate, not the gradient's path, holds training back
+    truncated   truncated BPTT with a window shorter than the horizon: no gradient can
+                cross the cut, whatever the cell
+    vanishing   the reach is shorter than the horizon (the task's longest dependency, or
+                the recorded sequence when it is not known)
+    healthy     otherwise
 
-Fixes are the seeds' remedies ranked for the verdict and the cell, each with
-the exact command-line change that applies it (DESIGN.md's CLI flags).
+Fixes are the seeds' remedies ranked for the verdict and the cell (`fixes.py`), each as
+command-line flags and as code for one's own model and loop.
 """
 
 from __future__ import annotations
@@ -27,11 +34,24 @@ from torch import Tensor
 from rnnscope.flow import dynamics
 from rnnscope.flow.fixes import Fix, rank_fixes
 from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.reach import REACH_THRESHOLD, ProfileStats, nonfinite_norms, profile_stats
 from rnnscope.flow.recording import Recorder
 
-REACH_THRESHOLD = 1e-3  # "reached" while within this fraction of the largest norm
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
-VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite")
+STALLED_UPDATE = 1e-4  # ||dtheta|| / ||theta|| below this: the weights barely move
+# The order matters to the Lightning callback's `verdict` code (its index here).
+VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite", "truncated", "stalled")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What `diagnose` may know besides the flow; every field is optional."""
+
+    horizon: int | None = None  # steps back the task needs the gradient to carry
+    window: int | None = None  # the truncated-BPTT window in force (None: full BPTT)
+    solved: bool | None = None  # the held-out metric is below the task's threshold
+    update_ratio: float | None = None  # ||dtheta|| / ||theta|| of the latest update
+    earlier_reach: tuple[int, ...] = ()  # the reach at earlier recordings, oldest first
 
 
 @dataclass
@@ -81,24 +101,40 @@ class Diagnosis:
         if self.verdict == "exploding":
             return (f"the gradient grows going back in time ({per_step}); its largest norm is "
                     f"{_format(self.evidence.get('growth', float('nan')))}x the norm at the loss")
+        horizon = self.evidence.get("horizon", self.steps)
         if self.verdict == "vanishing":
             return (f"the gradient falls below {REACH_THRESHOLD:g} of its peak {self.reach} "
-                    f"steps back, of {self.steps} ({per_step}): earlier steps barely "
-                    "shape the weights")
-        return (f"the gradient reaches all {self.steps} steps back ({per_step}) "
+                    f"steps back, where the task needs {horizon} ({per_step}): earlier "
+                    "steps barely shape the weights")
+        if self.verdict == "truncated":
+            return (f"truncated BPTT cuts the gradient every {self.evidence.get('window')} "
+                    f"steps, where the task needs {horizon}: no cell can learn across the "
+                    "cut")
+        if self.verdict == "stalled":
+            return (f"an update moves the weights by "
+                    f"{_format(self.evidence.get('update_ratio'))} of their norm: too "
+                    "little to learn in any number of steps; the gradient's path is not "
+                    "the problem")
+        if self.evidence.get("solved"):
+            return "the task is solved: nothing to fix"
+        return (f"the gradient reaches {self.reach} of {self.steps} steps back ({per_step}) "
                 "within a factor 1000 of its peak")
 
 
 def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
-             current: dict[str, str] | None = None) -> Diagnosis:
+             current: dict[str, str] | None = None, horizon: int | None = None,
+             window: int | None = None, context: Context | None = None) -> Diagnosis:
     """Verdict, reach, rate, evidence and ranked fixes for a recorded gradient flow.
 
     Given the `Recorder` (not only its flow), the evidence also holds the total
     parameter-gradient norm, the spectral radius of W_hh and the largest
     Lyapunov exponent of the first recurrent layer along the recorded input.
-    `lr`, when known, makes the learning-rate fix an exact value. `current` holds
-    the settings in force as CLI flags (e.g. `{"cell": "lstm", "init": "chrono:200"}`);
-    a fix that would change nothing is left out.
+    `horizon`: the steps back your task needs (the span of its longest dependency;
+    default: the recorded length). `window`: the truncated-BPTT window you train with.
+    `context` says more (see `Context`; the trainer and `watch` fill it in).
+    `lr`, when known, makes the learning-rate fixes exact values. `current` holds the
+    settings in force as CLI flags (e.g. `{"cell": "lstm", "init": "chrono:200"}`); a
+    fix that would change nothing is left out.
     """
     recorder = rec_or_flow if isinstance(rec_or_flow, Recorder) else None
     flow = recorder.flow if recorder is not None else rec_or_flow
@@ -106,15 +142,20 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
         raise TypeError(
             f"rec_or_flow: expected a Recorder or GradientFlow, got {type(flow).__name__}"
         )
-    profiles = flow.steps_back()
-    # The hidden outputs of the forward direction: where the loss enters at the end.
-    forward_rows = [row for row, rev, state in zip(profiles, flow.reverse, flow.states,
-                                                   strict=True) if not rev and state == "h"]
-    stats = [_profile_stats(row) for row in forward_rows]
-    best = max(stats, key=lambda s: s.reach)  # the layer that carries gradient furthest
-    nonfinite = flow.nonfinite + _nonfinite_norms(flow.norms)
-    verdict = _verdict(stats, best, nonfinite)
+    context = context or Context()
+    if horizon is not None or window is not None:
+        context = Context(horizon if horizon is not None else context.horizon,
+                          window if window is not None else context.window, context.solved,
+                          context.update_ratio, context.earlier_reach)
+    stats, best = _rows(flow)
+    nonfinite = flow.nonfinite + nonfinite_norms(flow.norms)
+    target = best.length if context.horizon is None else context.horizon  # the reach needed
+    verdict = _verdict(stats, best, nonfinite, context, target)
     evidence = _flow_evidence(flow, stats, best, nonfinite)
+    evidence.update({key: value for key, value in (
+        ("horizon", context.horizon), ("window", context.window),
+        ("update_ratio", context.update_ratio), ("solved", context.solved))
+        if value is not None})
     current = dict(current or {})
     cell = current.get("cell")
     if recorder is not None:
@@ -122,24 +163,44 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
         if cell is not None:
             evidence["cell"] = cell
         evidence.update(_model_evidence(recorder))
-    fixes = rank_fixes(verdict, cell=cell, steps=flow.steps, reach=best.reach,
+    fixes = rank_fixes(verdict, cell=cell, steps=target, reach=best.reach,
                        growth=float(evidence["growth"]),
                        grad_norm=evidence.get("grad_norm_total"), lr=lr,
                        init=current.get("init"),
-                       explosive=float(evidence.get("lyapunov_max", -1.0)) > 0)
+                       explosive=float(evidence.get("lyapunov_max", -1.0)) > 0,
+                       update_ratio=context.update_ratio, window=context.window)
     fixes = [f for f in fixes if any(current.get(k) != v for k, v in f.change.items())]
-    return Diagnosis(verdict, best.reach, best.rate, flow.steps, evidence, fixes)
+    return Diagnosis(verdict, best.reach, best.rate, best.length, evidence, fixes)
 
 
-def _verdict(stats: list[_RowStats], best: _RowStats, nonfinite: int) -> str:
+def _rows(flow: GradientFlow) -> tuple[list[ProfileStats], ProfileStats]:
+    """Statistics of the forward-direction rows (where the loss enters at the end) and
+    the row that carries the gradient furthest: an LSTM's cell state counts, being the
+    path its memory gives the gradient."""
+    profiles = flow.steps_back()
+    stats = [profile_stats(row) for row, reverse in zip(profiles, flow.reverse, strict=True)
+             if not reverse]
+    if not stats:  # a reverse-only flow: read it as it is
+        stats = [profile_stats(row) for row in profiles]
+    return stats, max(stats, key=lambda s: s.reach)
+
+
+def _verdict(stats: list[ProfileStats], best: ProfileStats, nonfinite: int,
+             context: Context, target: int) -> str:
     if nonfinite:
         return "nonfinite"
+    if context.solved:
+        return "healthy"
     if any(s.rate > 1.0 and s.growth >= EXPLODING_GROWTH for s in stats):
         return "exploding"
-    return "vanishing" if best.reach < best.length else "healthy"
+    if context.update_ratio is not None and context.update_ratio < STALLED_UPDATE:
+        return "stalled"
+    if context.window is not None and context.window < target:
+        return "truncated"
+    return "vanishing" if best.reach < min(target, best.length) else "healthy"
 
 
-def _flow_evidence(flow: GradientFlow, stats: list[_RowStats], best: _RowStats,
+def _flow_evidence(flow: GradientFlow, stats: list[ProfileStats], best: ProfileStats,
                    nonfinite: int) -> dict[str, float | int | str]:
     return {
         "steps": flow.steps, "reach": best.reach, "rate": best.rate,
@@ -149,52 +210,6 @@ def _flow_evidence(flow: GradientFlow, stats: list[_RowStats], best: _RowStats,
         "underflow_fraction": flow.underflow_fraction, "nonfinite": nonfinite,
         "layers": len(flow.layers),
     }
-
-
-@dataclass(frozen=True)
-class _RowStats:
-    reach: int
-    rate: float
-    peak: float
-    at_loss: float  # the norm where the loss enters (0 steps back)
-    at_first_step: float  # the norm at the far end of the sequence
-    length: int
-
-    @property
-    def growth(self) -> float:
-        return self.peak / self.at_loss if self.at_loss > 0 else math.inf
-
-
-def _profile_stats(profile: Tensor) -> _RowStats:
-    """Reach and rate of one row of norms indexed by steps back."""
-    values = profile[~torch.isnan(profile)].double()
-    length = len(values)
-    if length == 0:
-        return _RowStats(0, math.nan, 0.0, 0.0, 0.0, 0)
-    finite = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
-    peak_at = int(finite.argmax())
-    peak, at_loss, at_first = float(finite[peak_at]), float(finite[0]), float(finite[-1])
-    if peak <= 0.0:
-        return _RowStats(0, 0.0, 0.0, at_loss, at_first, length)
-    steps_back = torch.arange(length, dtype=torch.float64)
-    fallen = (finite < REACH_THRESHOLD * peak) & (steps_back >= peak_at)
-    reach = int(fallen.nonzero()[0]) if fallen.any() else length
-    # Fit over every step where the norm is not yet lost in rounding (or flushed to 0).
-    usable = finite > peak * 1e-30
-    if int(usable.sum()) < 2:
-        rate = 0.0 if reach < length else 1.0
-    else:
-        x, y = steps_back[usable], finite[usable].log()
-        slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
-        rate = math.exp(float(slope))
-    return _RowStats(reach, rate, peak, at_loss, at_first, length)
-
-
-def _nonfinite_norms(norms: Tensor) -> int:
-    """inf anywhere, and NaN anywhere but the trailing padding of a shorter row."""
-    nan = torch.isnan(norms)
-    padding = nan.flip(1).cumprod(dim=1).flip(1).bool()  # NaN from some step to the end
-    return int(torch.isinf(norms).sum() + (nan & ~padding).sum())
 
 
 def _model_evidence(recorder: Recorder) -> dict[str, float]:

@@ -63,7 +63,9 @@ def _optimizer_setting(key: str):
         try:
             assignment = f'group["{key}"] = {float(value)!r}'
         except ValueError:  # "<a tenth of the current>": the rate in force is not known
-            assignment = f'group["{key}"] /= 10'
+            factor = value.strip("<>").split("x")[0] if "x the current" in value else None
+            assignment = (f'group["{key}"] *= {float(factor)!r}' if factor
+                          else f'group["{key}"] /= 10')
         return ["for group in optimizer.param_groups:  # from the next step on",
                 f"    {assignment}"]
     return lines
@@ -80,6 +82,11 @@ def _guard(policy: str) -> list[str]:
 
 
 def _window(window: str) -> list[str]:
+    if window == "none":
+        return ["# full BPTT: one backward pass through the whole sequence, no cut",
+                "output, state = model(inputs)",
+                "criterion(output, targets).backward()",
+                "optimizer.step()"]
     return [f"# truncated BPTT: windows of {window} steps, the state carried and detached",
             "state = None",
             f"for start in range(0, inputs.shape[0], {window}):",
@@ -96,12 +103,14 @@ _CODE = {"cell": _swap, "init": _init, "clip": _clip, "lr": _optimizer_setting("
 
 def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth: float,
                grad_norm: float | None = None, lr: float | None = None,
-               init: str | None = None, explosive: bool = False) -> list[Fix]:
+               init: str | None = None, explosive: bool = False,
+               update_ratio: float | None = None, window: int | None = None) -> list[Fix]:
     """The seeds' remedies that address `verdict`, most effective first.
 
-    `init` is the scheme in force (e.g. "chrono:200"); `explosive` says the
-    dynamics themselves grow (top Lyapunov exponent > 0), which for a
-    non-finite verdict puts the cause (the weights) before the guard.
+    `steps` is the horizon the gradient must span; `init` the scheme in force (e.g.
+    "chrono:200"); `explosive` says the dynamics themselves grow (top Lyapunov exponent
+    > 0), which for a non-finite verdict puts the cause (the weights) before the guard;
+    `update_ratio` (||dtheta|| / ||theta||) sizes a stalled run's larger rate.
     """
     smaller_lr = {"lr": f"{lr / 10:g}"} if lr else {"lr": "<a tenth of the current>"}
     if verdict == "nonfinite":
@@ -110,7 +119,33 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
         return _exploding_fixes(smaller_lr, cell, grad_norm, growth)
     if verdict == "vanishing":
         return _vanishing_fixes(cell, steps, reach, init)
+    if verdict == "truncated":
+        return _truncated_fixes(steps, window)
+    if verdict == "stalled":
+        return _stalled_fixes(lr, update_ratio)
     return []
+
+
+def _truncated_fixes(steps: int, window: int | None) -> list[Fix]:
+    return [Fix("full BPTT", f"a gradient cut every {window} steps never spans the {steps} "
+                "steps the task needs; backpropagate through the whole sequence",
+                {"bptt.window": "none"}),
+            Fix("a window as long as the dependency", f"windows of {steps} steps keep the "
+                "memory bound of truncation but let the gradient span the dependency",
+                {"bptt.window": str(steps)})]
+
+
+def _stalled_fixes(lr: float | None, update_ratio: float | None) -> list[Fix]:
+    """A larger rate, by the power of ten that brings updates up to ~3e-3 of the weights'
+    norm (the middle of the 1e-3..1e-2 where training moves; at least 10x, at most 1e4x):
+    an update's size grows in proportion to the rate, for SGD and Adam alike."""
+    factor = 10.0
+    if update_ratio and update_ratio > 0:
+        factor = 10.0 ** min(4, max(1, math.ceil(math.log10(3e-3 / update_ratio))))
+    rate = {"lr": f"{lr * factor:g}"} if lr else {"lr": f"<{factor:g}x the current>"}
+    return [Fix("larger learning rate", f"each update moves the weights by "
+                f"{update_ratio:.2g} of their norm; 1e-3 to 1e-2 is where training moves"
+                if update_ratio else "the updates are too small to move the weights", rate)]
 
 
 def _nonfinite_fixes(smaller_lr: dict[str, str], explosive: bool) -> list[Fix]:

@@ -75,6 +75,7 @@ class Recorder:
         self._finished: Capture | None = None  # the latest one that received gradient
         self._saved: list[tuple[nn.Module, object]] = []
         self._listeners: list[Callable[[int, GradientFlow], None]] = []
+        self._openers: list[Callable[[int, bool], None]] = []
         self._reported: Capture | None = None
         self._warned: set[str] = set()
         self.followed: list[nn.Module] = []  # the fused layers the engine runs
@@ -94,6 +95,11 @@ class Recorder:
             self._patch(module, self._cell(name, module.forward))
         _ACTIVE.append(self)
         return self
+
+    def on_step(self, listener: Callable[[int, bool], None]) -> None:
+        """Call `listener(step, recorded)` as each training step opens (its first
+        forward), before the model runs: `recorded` says whether the schedule records it."""
+        self._openers.append(listener)
 
     def on_recorded(self, listener: Callable[[int, GradientFlow], None]) -> None:
         """Call `listener(step, flow)` once for every recorded training step, when it is
@@ -126,9 +132,10 @@ class Recorder:
         cell = cell_name(module)
         states = 2 if self.cell_state and CELLS[cell].has_cell_state else 1
         # torch's own Elman and LSTM layers can be recorded through their fused kernels
-        # (models/fused.py); a GRU, rnnscope's Recurrent, and an LSTM whose dL/dc_t is
-        # asked for (c_t never meets a matrix there) run the unrolled engine.
-        kernels = states == 1 and fused.runs_fused(module, cell) and (
+        # (models/fused.py); a GRU, rnnscope's Recurrent, and an LSTM with projections
+        # or packed input whose dL/dc_t is asked for run the unrolled engine.
+        kernels = fused.runs_fused(module, cell) and (
+            states == 1 or fused.follows_cells(module)) and (
             self.engine == "fused" or self.engine == "auto" and fused.faster(module, cell))
         directions = 2 if module.bidirectional else 1
 
@@ -140,10 +147,11 @@ class Recorder:
             if capture is None:
                 return self._watched(native(input, state, **kwargs))
             run = capture.occurrence(name, state, input)
-            if kernels and _has_graph(module, input, state):
+            if kernels and _has_graph(module, input, state) and not (
+                    states == 2 and isinstance(input, PackedSequence)):
                 output, final = fused.run(CELLS[cell], module, input, state,
                                           probe=capture.fused_tap(run, self.rank[name],
-                                                                  directions))
+                                                                  directions, states))
             else:
                 output, final = run_unrolled(module, input, state, tap=capture.tap(
                     run, self.rank[name], states, input))
@@ -206,6 +214,8 @@ class Recorder:
                 if due else None
             if due:
                 self.recorded_steps.append(self.step)
+            for listener in self._openers:
+                listener(self.step, due)
         return self._capture
 
     def _backward_done(self) -> None:
@@ -310,7 +320,8 @@ def record(model: nn.Module, every: int = 1, per_sample: bool = False,
     `engine` runs torch's nn.RNN and nn.LSTM layers while recorded: "fused" through
     torch's own kernels with the recurrence exposed (`models/fused.py`), "unrolled" step by
     step, "auto" (default) the faster of the two there (`fused.faster`). Both give the same
-    flow; a GRU, rnnscope's `Recurrent` and an LSTM with `cell_state=True` run unrolled.
+    flow; a GRU, rnnscope's `Recurrent`, and with `cell_state=True` an LSTM with
+    projections or packed input run unrolled.
     """
     return Recorder(model, every=every, per_sample=per_sample, cell_state=cell_state,
                     engine=engine)

@@ -23,8 +23,18 @@ takes the place of the recurrence:
 Stacks run one layer at a time, so every layer's output is a tensor of the graph; a
 bidirectional layer gets e channels for each direction, each direction's W_hh block
 beside zeros in the other's. The GRU is not run this way: its reset gate multiplies
-W_hn h_{t-1} + b_hn, which no input channel can reproduce. Nor is an LSTM's dL/dc_t
-visible: c_{t-1} never meets a matrix.
+W_hn h_{t-1} + b_hn, which no input channel can reproduce.
+
+An LSTM's c_{t-1} never meets a matrix, so its dL/dc_t comes from dL/dh_t instead. The
+gates are recomputed from the layer's input and its outputs h_t in one matrix product
+(pre_t needs only x_t and h_{t-1}), c_t by its recurrence, and then, in the order the
+direction runs,
+
+    dL/dc_t = dL/dh_t * o_t * (1 - tanh^2 c_t) + dL/dc_{t+1} * f_{t+1}
+    dL/dc_T = dL/dh_T * o_T * (1 - tanh^2 c_T) + dL/dc_n
+
+two element-wise passes over the steps (`lstm_cells`; not for projections or packed input,
+where the unrolled engine runs).
 
     run(module, input, state, probe)   torch's inputs and outputs, as `module(input, state)`
 """
@@ -33,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +64,10 @@ class LayerProbe(Protocol):
         """dL/de of the layer in backward: [T, B, D * P] time-major, or [N, D * P] packed
         (D directions of P units each, in the layout of the layer's output)."""
 
-    def ran(self, output: Tensor, final: Tensor) -> None:
-        """The layer's output ([T, B, D * P], or packed data) and its final h ([D, B, P],
-        packed rows in sorted order), as soon as the kernel returns them."""
+    def ran(self, output: Tensor, final: State, cells: Callable[[int], Cells] | None) -> None:
+        """The layer's output ([T, B, D * P], or packed data) and its final state (each
+        [D, B, P], packed rows in sorted order), as soon as the kernel returns them; an
+        LSTM's `cells(direction)` recomputes its c_t, f_t and o_t (`lstm_cells`)."""
 
 
 # probe(layer, batch) -> the LayerProbe of that layer; `batch` is the input as the engine runs
@@ -123,8 +134,61 @@ def _layer(spec: CellSpec, module: nn.RNNBase, weights: list[LayerWeights], laye
                                                  *arguments)
         else:
             output, *final = _KERNELS[spec.name](augmented, state, *arguments, False)
-    probe.ran(output, final[0])
+    cells = None
+    if spec.has_cell_state and batch.packed is None and weights[0].weight_hr is None:
+        def cells(direction: int) -> Cells:
+            return lstm_cells(weights[direction], layer_input, hx[0][direction],
+                              hx[1][direction], output[..., direction * width:
+                                                       (direction + 1) * width],
+                              reverse=direction == 1)
+    probe.ran(output, tuple(final), cells)
     return output, tuple(final)
+
+
+class Cells(NamedTuple):
+    """An LSTM direction's cell states and the gates dL/dc_t needs, each [T, B, P]."""
+
+    c: Tensor
+    forget: Tensor
+    out: Tensor
+
+
+@torch.no_grad()
+def lstm_cells(weights: LayerWeights, layer_input: Tensor, h0: Tensor, c0: Tensor,
+               h: Tensor, reverse: bool) -> Cells:
+    """c_t, f_t and o_t of one LSTM direction from its time-major input [T, B, I], initial
+    state h0, c0 [B, P] and outputs h [T, B, P]: the gates in one matrix product over all
+    steps (h_{t-1} is known), c_t by its recurrence in the direction's order."""
+    h = h.detach()
+    if reverse:
+        previous = torch.cat([h[1:], h0.detach().unsqueeze(0)])
+    else:
+        previous = torch.cat([h0.detach().unsqueeze(0), h[:-1]])
+    pre = F.linear(layer_input.detach(), weights.weight_ih.detach()) + F.linear(
+        previous, weights.weight_hh.detach())
+    if weights.bias_ih is not None:
+        pre = pre + (weights.bias_ih + weights.bias_hh).detach()
+    i, f, g, o = pre.chunk(4, dim=-1)
+    f, o, written = f.sigmoid(), o.sigmoid(), i.sigmoid() * g.tanh()
+    c = torch.empty_like(written)
+    steps = range(len(c) - 1, -1, -1) if reverse else range(len(c))
+    before = c0.detach()
+    for t in steps:
+        before = c[t] = torch.addcmul(written[t], f[t], before)
+    return Cells(c, f, o)
+
+
+def cell_gradients(cells: Cells, dh: Tensor, dc_n: Tensor, reverse: bool) -> Tensor:
+    """dL/dc_t [T, B, P] of one LSTM direction from its total dL/dh_t and dL/dc_n (see the
+    module docstring)."""
+    own = dh * cells.out * (1 - cells.c.tanh().square())
+    dc = torch.empty_like(own)
+    steps = range(len(dc)) if reverse else range(len(dc) - 1, -1, -1)
+    carry = dc_n
+    for t in steps:
+        dc[t] = own[t] + carry
+        carry = dc[t] * cells.forget[t]
+    return dc
 
 
 class _Recurrence(torch.autograd.Function):
@@ -142,6 +206,12 @@ class _Recurrence(torch.autograd.Function):
         ctx.probe.recurrent(grad[..., ctx.split:])
         x_grad = grad[..., : ctx.split] if ctx.needs_input_grad[0] else None
         return (x_grad, None, None, *([None] * ctx.anchors))
+
+
+def follows_cells(module: nn.Module) -> bool:
+    """Whether `run` also gives an LSTM's dL/dc_t on `module` (no projections; not packed
+    input either, which the caller checks per call)."""
+    return getattr(module, "proj_size", 0) == 0
 
 
 def runs_fused(module: nn.Module, cell: str) -> bool:

@@ -11,6 +11,10 @@ from rnnscope.models.cells import CELLS
 from rnnscope.models.recurrent import Recurrent
 
 ENGINES = ("unrolled", "native")
+# Recurrent weights at most: 400 MB as float32, 1.6 GB once gradients and Adam's two
+# moments are counted, before any activation. A typo (--hidden 100000: 40 billion
+# weights) is refused here, in one line, instead of failing in the allocator.
+MAX_WEIGHTS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,20 @@ class ModelConfig:
         integer("model.layers", self.layers, 1)
         choice("model.engine", self.engine, ENGINES)
         number("model.dropout", self.dropout, minimum=0.0, below=1.0)
+        weights = self.recurrent_weights()
+        if weights > MAX_WEIGHTS:
+            fields = "model.hidden" if self.layers == 1 else "model.hidden, model.layers"
+            raise ValueError(
+                f"{fields}: {self.layers:,} {self.cell} layer(s) of {self.hidden:,} units "
+                f"hold {weights:,} recurrent weights; at most {MAX_WEIGHTS:,} "
+                f"(400 MB as float32, 1.6 GB with gradients and Adam's state): choose a "
+                f"smaller model.hidden or model.layers")
+
+    def recurrent_weights(self) -> int:
+        """W_hh of every layer and W_ih of the layers above the first (the first one's
+        depends on the task's input size): a lower bound on the model's weights."""
+        gates = CELLS[self.cell].gates
+        return gates * self.hidden * self.hidden * (2 * self.layers - 1)
 
     def build(self, input_size: int, output_size: int) -> SequenceModel:
         return SequenceModel(self.cell, input_size, self.hidden, output_size,

@@ -13,6 +13,9 @@ import math
 from rnnscope.figures.canvas import figure_png
 from rnnscope.figures.grid import param_text
 
+# Marks a file as an rnnscope report: `rnnscope report --out` replaces only such files.
+GENERATOR = '<meta name="generator" content="rnnscope report">'
+
 
 class Page:
     """The body of a report, built section by section; counts the figures it embeds."""
@@ -54,6 +57,7 @@ class Page:
         body = "\n".join(self.parts)
         return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+                f'{GENERATOR}\n'
                 f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
                 f'<body data-figures="{self.figures}">\n<h1>{esc(title)}</h1>\n{body}\n'
                 f'<footer>{self.figures} figures embedded. Written by rnnscope report.'

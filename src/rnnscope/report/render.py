@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnscope.files import atomic_target
+from rnnscope.files import atomic_target, check_file_target
 from rnnscope.report.data import kind_of, load_run, load_study
-from rnnscope.report.page import Page
+from rnnscope.report.page import GENERATOR, Page
 from rnnscope.report.run_page import run_page
 from rnnscope.report.study_page import study_page
 
@@ -31,16 +31,31 @@ class Report:
     def write(self, out: str | Path | None = None) -> Path:
         """Write the page atomically (a failure leaves no half-written file) to `out`,
         by default report.html in the directory it describes."""
-        path = Path(out) if out is not None else self.source / REPORT_FILE
-        if path.is_dir():
-            raise ValueError(f"out: {path} is a directory; give a file name such as "
-                             f"{path / REPORT_FILE}")
+        path = check_report_target(out if out is not None else self.source / REPORT_FILE)
         try:
             with atomic_target(path) as temporary:
                 temporary.write_text(self.html, encoding="utf-8")
         except OSError as error:
             raise ValueError(f"out: cannot write {path} ({error.strerror or error})") from None
         return path
+
+
+def check_report_target(path: str | Path) -> Path:
+    """`path` as a place to write a report: a new file, or a report written before (a
+    directory, a FIFO, a device or a file rnnscope did not write is refused in one line:
+    writing the page replaces what is there)."""
+    return check_file_target("out", path, ours=is_report)
+
+
+def is_report(path: Path) -> bool:
+    """Whether the file at `path` is a report rnnscope wrote (it has our generator tag
+    near its start, or, from before the tag, a title that says so)."""
+    try:
+        with path.open("rb") as file:
+            start = file.read(4096)
+    except OSError:
+        return False
+    return GENERATOR.encode() in start or b"<title>rnnscope " in start
 
 
 def render_report(directory: str | Path) -> Report:

@@ -25,6 +25,8 @@ def run_page(run: RunData, page: Page, *, level: int = 2, anchor: str | None = N
     if lead:
         page.add(f"<p>{esc(lead)}</p>")
     sub = level + 1
+    for note in run.notes:  # damage first: it explains any section that follows
+        page.add(f'<p class="skip">{esc(note)}</p>')
     status_section(run, page)
     page.heading(sub, "Diagnosis")
     diagnosis_section(run, page)
@@ -43,8 +45,12 @@ def status_section(run: RunData, page: Page) -> None:
     page.add(f'<p>Run directory: <code>{esc(run.path)}</code></p>')
     if summary is None:
         steps = run.train[-1].get("step") if run.train else None
-        page.skip("The result", "summary.json (written when a run ends; this one was "
-                  f"killed or is still running, {fmt(steps)} training steps logged)")
+        if any(note.startswith("summary.json ") for note in run.notes):
+            page.skip("The result", f"a readable summary.json (see the note above; "
+                      f"{fmt(steps)} training steps logged)")
+        else:
+            page.skip("The result", "summary.json (written when a run ends; this one was "
+                      f"killed or is still running, {fmt(steps)} training steps logged)")
         return
     if summary.get("source") == "watch":
         _watched_status(summary, page)

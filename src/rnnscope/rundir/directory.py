@@ -11,11 +11,15 @@ a half-written file that a reader or `--resume` could trust.
                            and heat map images
       checkpoints/last.pt  model, optimiser, schedule, RNG and guard state (resume)
       checkpoints/best.pt  the weights with the best held-out metric so far
+      metrics.damaged      only after a resume that found damaged lines in
+                           metrics.jsonl: those lines, as they were (jsonlines.py)
 
 Checkpoints and JSON files are written to a temporary file and renamed into place.
 Metrics lines reach the file in batches (one write where a line a step would be one
 system call a step): every line is on disk before the next checkpoint is written, so a
-kill loses only lines after the last checkpoint, and a resume cuts back to it anyway.
+kill loses only lines after the last checkpoint, and a resume cuts back to it anyway. A
+run directory is made new (or in an empty directory): rnnscope never writes among files
+it did not write.
 
 Listeners write the stream as the trainer runs: `metrics.MetricsLog` (metrics.jsonl)
 and `tensorboard.TensorBoardLog` (the events).
@@ -23,13 +27,25 @@ and `tensorboard.TensorBoardLog` (the events).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from rnnscope.files import atomic_target, json_safe, write_json, write_yaml
+from rnnscope.files import (
+    WriteError,
+    atomic_target,
+    json_safe,
+    make_directory,
+    reason,
+    remove_directories,
+    write_json,
+    write_yaml,
+)
+from rnnscope.rundir.jsonlines import DAMAGED, cut_after, read_lines
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 # The version of the format (docs/run-directory.md), written into summary.json: a reader
@@ -54,16 +70,34 @@ class RunDirectory:
 
     @classmethod
     def create(cls, path: str | Path, config: dict) -> RunDirectory:
+        """A new run directory holding `config.yaml`: `path` must not exist or be an empty
+        directory. A failure (disk full, no permission) leaves nothing behind."""
         run = cls(path)
-        if run.path.exists() and not run.path.is_dir():
-            raise ValueError(f"out: {run.path} exists and is not a directory")
-        if run.config_path.exists():
-            raise ValueError(f"out: {run.path} already holds a run; continue it with --resume "
-                             f"or choose another --out")
-        run.path.mkdir(parents=True, exist_ok=True)
-        with atomic_target(run.config_path) as temporary:
-            write_yaml(temporary, config)
+        try:
+            run._check_new()
+        except OSError as error:  # a name too long, a directory we may not read
+            raise ValueError(f"out: cannot use {run.path} ({reason(error)})") from None
+        created = make_directory("out", run.path)
+        try:
+            with atomic_target(run.config_path) as temporary:
+                write_yaml(temporary, config)
+        except OSError as error:
+            remove_directories(created)
+            raise ValueError(f"out: cannot write {run.config_path} ({reason(error)})") from None
         return run
+
+    def _check_new(self) -> None:
+        """Refuse a path that is a file, a run, or a directory of someone else's files."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"out: {self.path} exists and is not a directory")
+        if self.config_path.exists():
+            raise ValueError(f"out: {self.path} already holds a run; continue it with "
+                             f"--resume or choose another --out")
+        if self.path.is_dir():
+            present = sorted(entry.name for entry in self.path.iterdir())
+            if present:  # the user's files: a run would overwrite or append to them
+                raise ValueError(f"out: {self.path} holds files that are not a run's (e.g. "
+                                 f"{present[0]}); choose a new or empty directory")
 
     @classmethod
     def existing(cls, path: str | Path) -> RunDirectory:
@@ -82,30 +116,36 @@ class RunDirectory:
             self.flush_metrics()
 
     def flush_metrics(self) -> None:
-        """Write the queued lines to metrics.jsonl, in one write."""
+        """Write the queued lines to metrics.jsonl, in one write. A failed write is one
+        WriteError naming the file; its lines are not tried again."""
         if self._pending:
-            if self._metrics is None:
-                self._metrics = self.metrics_path.open("a", encoding="utf-8")
-            self._metrics.write("".join(self._pending))
-            self._metrics.flush()
-            self._pending.clear()
+            lines, self._pending = "".join(self._pending), []
+            try:
+                if self._metrics is None:
+                    self._metrics = self.metrics_path.open("a", encoding="utf-8")
+                self._metrics.write(lines)
+                self._metrics.flush()
+            except OSError as error:
+                raise WriteError.of("out", self.metrics_path, error) from None
         self._written = time.monotonic()
 
-    def cut_metrics(self, after_step: int) -> None:
-        """Drop lines past `after_step` (written after the checkpoint a resume starts from),
-        and a last line cut short by a kill."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if record.get("step", 0) <= after_step:
-                kept.append(line)
-        with atomic_target(self.metrics_path) as temporary:
-            temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    def cut_metrics(self, after_step: int) -> str | None:
+        """Drop the lines past `after_step` (written after the checkpoint a resume starts
+        from; the resumed run writes them again) and move damaged lines to
+        `metrics.damaged`; every other line is kept. Returns a note on the damage, if any."""
+        if not self.metrics_path.is_file():
+            return None
+        kept, damaged, found = cut_after(self.metrics_path, after_step)
+        try:
+            if damaged:  # appended: an earlier resume may have moved lines there already
+                with (self.path / DAMAGED).open("ab") as side:
+                    side.write(damaged)
+            with atomic_target(self.metrics_path) as temporary:
+                temporary.write_bytes(kept)
+        except OSError as error:  # metrics.jsonl is left as it was
+            raise WriteError.of("out", self.metrics_path, error) from None
+        note = found.note()
+        return None if note is None else f"{note} (moved to {self.path / DAMAGED})"
 
     def read_metrics(self) -> list[dict]:
         self.flush_metrics()
@@ -119,9 +159,17 @@ class RunDirectory:
         if not all_finite(state):
             return False
         self.flush_metrics()  # every line up to the checkpoint's step is on disk first
-        self.checkpoint_dir.mkdir(exist_ok=True)
-        with atomic_target(self.checkpoint_dir / f"{name}.pt") as temporary:
-            torch.save(state, temporary)
+        path = self.checkpoint_dir / f"{name}.pt"
+        # Serialised in memory first: torch's own file writer reports a full disk as a
+        # RuntimeError without the file's name or the reason.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        try:
+            self.checkpoint_dir.mkdir(exist_ok=True)
+            with atomic_target(path) as temporary:
+                temporary.write_bytes(buffer.getbuffer())
+        except OSError as error:
+            raise WriteError.of("out", path, error) from None
         return True
 
     def load_checkpoint(self, name: str) -> dict | None:
@@ -141,33 +189,25 @@ class RunDirectory:
 
     def write_summary(self, summary: dict) -> None:
         self.flush_metrics()
-        write_json(self.summary_path, {"format": FORMAT, **summary})
+        try:
+            write_json(self.summary_path, {"format": FORMAT, **summary})
+        except OSError as error:
+            raise WriteError.of("out", self.summary_path, error) from None
 
     def close(self) -> None:
         self.flush_metrics()
         if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+            metrics, self._metrics = self._metrics, None
+            # A failed write was raised (and reported) by `flush_metrics` already.
+            with contextlib.suppress(OSError):
+                metrics.close()
 
 
 def read_records(path: str | Path) -> list[dict] | None:
-    """The JSON objects of a JSON-lines file up to the first unreadable line (a kill can
-    cut the last one short); None if there is no file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    records = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    """The good records of a metrics file, damaged lines skipped (`jsonlines`); None if
+    there is no file."""
+    lines = read_lines(path)
+    return None if lines is None else lines.records
 
 
 def all_finite(state) -> bool:

@@ -8,6 +8,9 @@ rather than by numpy's sort (the same buckets as `add_histogram`'s default).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
 import time
 from pathlib import Path
 
@@ -16,12 +19,45 @@ import torch
 from torch import Tensor
 
 from rnnscope.figures.flow import flow_heatmap_figure, flow_profile_figure
+from rnnscope.files import WriteError
 from rnnscope.rundir.directory import METRICS, read_records
 
 HEATMAP_ROWS = 256  # probes drawn in TensorBoard's heat map, at most
 # Scalars wait in a buffer for at most this many events or seconds; on_eval, images and
 # close hand them over too. A kill loses at most these, which a resume writes again.
 BUFFER_EVENTS, BUFFER_SECONDS = 200, 10.0
+
+
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard writes events from a thread of its own; when a write fails (disk full)
+    the thread keeps the error, hands it to the next call on the writer (which reports
+    it: `_writing`), and also prints a traceback through `threading.excepthook`. That
+    second, raw copy is left out; any other thread's errors print as before."""
+    previous = threading.excepthook
+    if getattr(previous, "rnnscope_quiet", False):
+        return
+
+    def hook(args) -> None:
+        writer_thread = type(args.thread).__name__ == "_AsyncWriterThread"
+        if not (writer_thread and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.rnnscope_quiet = True
+    threading.excepthook = hook
+
+
+def _writing(method):
+    """A failed write (in the method, or kept by the writer's thread) as one line naming
+    the run directory (a WriteError), once; later calls repeat nothing."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as error:
+            self._failed = True
+            raise WriteError.of("out", f"the TensorBoard events in {self.path}", error) \
+                from None
+    return wrapped
 
 
 class TensorBoardLog:
@@ -33,7 +69,13 @@ class TensorBoardLog:
     def __init__(self, path: Path, purge_step: int | None = None, *, title: str = "") -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: slow
 
-        self.writer = SummaryWriter(log_dir=str(path), purge_step=purge_step)
+        _quiet_writer_thread_errors()
+        self.path, self._failed = Path(path), False
+        try:
+            self.writer = SummaryWriter(log_dir=str(path), purge_step=purge_step)
+        except OSError as error:
+            raise WriteError.of("out", f"the TensorBoard events in {self.path}", error) \
+                from None
         self.title = title or Path(path).name
         self.latest: dict | None = None  # the latest probe: {"step", "flow"}
         # The probes so far, as metrics.jsonl has them, for the heat map; a resumed run
@@ -62,6 +104,7 @@ class TensorBoardLog:
 
     # what any writer of a run directory logs (the trainer, watch, Lightning)
 
+    @_writing
     def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -87,6 +130,7 @@ class TensorBoardLog:
             tag, float(values.min()), float(values.max()), values.numel(),
             float(values.sum()), float(torch.dot(values, values)), limits, counts, step)
 
+    @_writing
     def probe(self, step: int, flow, diagnosis=None) -> None:
         """One recording of the flow (a `GradientFlow`) and its diagnosis: the reach and
         rate as scalars; kept for the images."""
@@ -96,6 +140,7 @@ class TensorBoardLog:
             self.writer.add_scalar("flow/reach", diagnosis.reach, step)
             self.writer.add_scalar("flow/rate", diagnosis.rate, step)
 
+    @_writing
     def images(self, step: int) -> None:
         """The latest flow profile and the heat map of every probe so far, as images at
         `step` (drawn on a schedule, not at every probe: a figure costs ~0.1 s)."""
@@ -110,6 +155,7 @@ class TensorBoardLog:
 
     # the trainer's events
 
+    @_writing
     def after_step(self, state) -> None:
         self.scalars(state.step, state.scalars())
         if state.flow is not None:
@@ -118,12 +164,21 @@ class TensorBoardLog:
             if torch.isfinite(grad).all():
                 self.histogram(f"grad/{name}", grad, state.step)
 
+    @_writing
     def on_eval(self, evaluation) -> None:
         self.scalars(evaluation.step, {"loss": evaluation.loss,
                                        evaluation.metric_name: evaluation.metric}, "valid")
         self.images(evaluation.step)
 
     def close(self) -> None:
+        if self._failed:  # reported when it happened; closing only repeats it
+            with contextlib.suppress(OSError):
+                self.writer.close()
+            return
+        self._close()
+
+    @_writing
+    def _close(self) -> None:
         self.flush()
         self.writer.close()
 

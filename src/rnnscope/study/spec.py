@@ -26,17 +26,25 @@ from their last checkpoint: nothing finished is redone or lost.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import math
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rnnscope.checks import MAX_NAME, shown
+from rnnscope.checks import name as check_name
 from rnnscope.files import atomic_target, read_yaml
 from rnnscope.study.store import STUDY_DB, STUDY_FILE, STUDY_RUNS, StudyRow, StudyStore
 from rnnscope.training.config import SECTIONS, SHORTHANDS, SPEC_FIELDS, ExperimentConfig
 
 KEYS = ("name", "base", "grid", "variants", "exclude")
+# More combinations than this are a typo, not a study (every run's config is built and
+# checked before anything runs: about a millisecond each, and a row in study.db).
+MAX_RUNS = 100_000
 # The shorthands of the command line, as grid keys: a section with a one-string form
 # (init, clip, guard, task) stays that section (`init: chrono:100`); the run's own
 # directory is the study's to choose.
@@ -59,9 +67,10 @@ class Study:
     source: dict  # the study file's contents
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, confirm: Callable[[int], None] | None = None) -> Study:
     """Read and check a study file; every run's config is built, so a bad value anywhere
-    is one ValueError naming the run and the field before anything runs."""
+    is one ValueError naming the run and the field before anything runs. `confirm(n)`
+    is called with the number of combinations before they are built (it may refuse)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"study: {path} is not a file; expected a study YAML file")
@@ -70,10 +79,11 @@ def load_study(path: str | Path) -> Study:
         base_path = Path(data["base"]).expanduser()
         data = {**data, "base": read_yaml(base_path if base_path.is_absolute()
                                           else path.parent / base_path)}
-    return study_from_dict(data, default_name=path.stem)
+    return study_from_dict(data, default_name=path.stem, confirm=confirm)
 
 
-def study_from_dict(data: dict, default_name: str = "study") -> Study:
+def study_from_dict(data: dict, default_name: str = "study",
+                    confirm: Callable[[int], None] | None = None) -> Study:
     if not isinstance(data, dict):
         raise ValueError(f"study: expected a mapping with keys {', '.join(KEYS)}")
     unknown = sorted(set(data) - set(KEYS))
@@ -82,9 +92,16 @@ def study_from_dict(data: dict, default_name: str = "study") -> Study:
     name = str(data.get("name") or default_name)
     if re.search(r"[^A-Za-z0-9._+-]", name) or name in (".", ".."):
         raise ValueError(f"study.name: letters, digits and . _ + - only (it names the study "
-                         f"directory), got {name!r}")
+                         f"directory), got {shown(name)}")
+    check_name("study.name", name)  # and not too long for a directory name
     base = ExperimentConfig.from_dict(data.get("base") or {})
     grid, variants, exclude = _grid(data), _variants(data), _exclusions(data)
+    combinations = len(variants) * math.prod(len(values) for values in grid.values())
+    if combinations > MAX_RUNS:
+        raise ValueError(f"study.grid: {combinations:,} combinations; at most {MAX_RUNS:,} "
+                         f"(each run's config is built and checked before any runs)")
+    if confirm is not None:
+        confirm(combinations)
     runs, tasks = [], set()
     for variant in variants:
         runs += _variant_runs(base, variant, grid, exclude, tasks)
@@ -240,7 +257,12 @@ def _run_name(label: str | None, grid_values: dict) -> str:
     parts = [label] if label else []
     parts += [f"{key.rpartition('.')[2]}={value}" for key, value in grid_values.items()]
     name = ",".join(str(part) for part in parts) or "run"
-    return re.sub(r"[^A-Za-z0-9._=,+-]+", "-", name).strip("-.") or "run"
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "-", name).strip("-.") or "run"
+    if len(name) > MAX_NAME:  # a directory name: long values (paths) are cut, and a
+        # digest of the whole name keeps two such runs apart
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = f"{name[:MAX_NAME - 11].rstrip('-.')}-{digest}"
+    return name
 
 
 # The study directory
@@ -296,5 +318,5 @@ def result_line(row: StudyRow) -> str:
             f"{metric.get('name', 'metric')} {shown}{flow}")
 
 
-__all__ = ["GRID_SHORTHANDS", "Study", "StudyRun", "load_study", "open_store", "prepare",
-           "result_line", "run_directory", "study_from_dict"]
+__all__ = ["GRID_SHORTHANDS", "MAX_RUNS", "Study", "StudyRun", "load_study",
+           "open_store", "prepare", "result_line", "run_directory", "study_from_dict"]

@@ -11,6 +11,8 @@ Worker processes (or Ray tasks) claim, finish and release runs concurrently; rea
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sqlite3
 import time
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnscope.files import json_safe
+from rnnscope.files import WriteError, json_safe
 
 STUDY_FILE, STUDY_DB, STUDY_RUNS = "study.yaml", "study.db", "runs"
 RUN_STATES = ("pending", "running", "done", "error")
@@ -134,21 +136,30 @@ class StudyStore:
                              "WHERE name = ? AND owner = ? AND status = 'running'", (name, owner))
 
     def rows(self) -> list[StudyRow]:
-        cursor = self._db.execute(
-            "SELECT name, position, params, config, status, result, attempts, finishes, "
-            "started, finished FROM runs ORDER BY position, name")
-        return [StudyRow(name, position, json.loads(params), json.loads(config), status,
-                         json.loads(result) if result else None, attempts, finishes,
-                         finished - started if finished and started else None)
-                for (name, position, params, config, status, result, attempts, finishes,
-                     started, finished) in cursor.fetchall()]
+        with self._reading():
+            return [StudyRow(name, position, json.loads(params), json.loads(config), status,
+                             json.loads(result) if result else None, attempts, finishes,
+                             finished - started if finished and started else None)
+                    for (name, position, params, config, status, result, attempts, finishes,
+                         started, finished) in self._db.execute(
+                        "SELECT name, position, params, config, status, result, attempts, "
+                        "finishes, started, finished FROM runs ORDER BY position, name")]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(RUN_STATES, 0)
-        for status, number in self._db.execute(
-                "SELECT status, COUNT(*) FROM runs GROUP BY status"):
-            counts[status] = number
+        with self._reading():
+            for status, number in self._db.execute(
+                    "SELECT status, COUNT(*) FROM runs GROUP BY status"):
+                counts[status] = number
         return counts
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"study: cannot read {self.path} ({type(error).__name__}: "
+                             f"{error}); it is damaged or not a study store") from None
 
     def close(self) -> None:
         self._db.close()
@@ -156,11 +167,21 @@ class StudyStore:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE takes the write lock up front, so two workers never both read a
-        run as pending and both claim it."""
-        self._db.execute("BEGIN IMMEDIATE")
+        run as pending and both claim it. A write SQLite refuses (disk full, read-only) is
+        one line naming study.db: a WriteError, which crosses from a worker process."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+            raise WriteError(errno.ENOSPC if full else errno.EIO,
+                             f"study: cannot write {self.path} ({error}); the study resumes "
+                             f"from here when run again") from None

@@ -1,61 +1,114 @@
-"""Running a study: its unfinished runs, in parallel worker processes.
+"""Running a study: its unfinished runs, on a backend.
 
-    rnnscope study FILE --workers 2
-      parent: lock the study directory, add every run to study.db, mark runs that a
-              killed study left `running` as pending again, hand out the unfinished ones
-      worker: claim a run in study.db -> train it into runs/<name>/ (resuming from its
-              checkpoint if an earlier attempt got that far) -> finish it in study.db
+    rnnscope study FILE --workers 2          local worker processes (the default)
+    rnnscope study FILE --backend ray        Ray tasks, on one machine or a cluster
+      study process: lock the study directory, add every run to study.db, mark runs that
+                     a killed study left `running` as pending again, hand the unfinished
+                     ones to the backend
+      local worker:  claim a run in study.db -> train it into runs/<name>/ (resuming from
+                     its checkpoint if an earlier attempt got that far) -> finish it
+                     (attempt.py; ray_backend.py splits the same steps between its
+                     driver and its tasks)
 
-Workers are spawned processes (forking a process that holds torch's thread pools
-can hang) that end themselves when the parent dies, so a study killed with
-SIGKILL leaves no worker behind to race the next attempt; an attempt that was
-overtaken anyway can no longer finish its run (`StudyStore.finish` checks the owner).
+Local workers are spawned processes (forking a process that holds torch's thread pools
+can hang) that end themselves when the parent dies, so a study killed with SIGKILL
+leaves no worker behind to race the next attempt; an attempt that was overtaken anyway
+can no longer finish its run (`StudyStore.finish` checks the owner).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from rnnscope.checks import integer
-from rnnscope.rundir.directory import CONFIG, SUMMARY
-from rnnscope.study.spec import Study, open_store, prepare, run_directory, stored_config
+from rnnscope.checks import choice, integer
+from rnnscope.study.attempt import WorkerDied, attempt
+from rnnscope.study.spec import Study, open_store, prepare, stored_config
 from rnnscope.study.store import STUDY_DB, STUDY_FILE, STUDY_RUNS, StudyRow, StudyStore
-from rnnscope.training.config import ExperimentConfig
-from rnnscope.training.run import train
 
 LOCK = "study.lock"
 PARENT_POLL_SECONDS = 0.5
+BACKENDS = ("local", "ray")
+NO_RAY = ("--backend ray: Ray is not installed; install the extra: "
+          "pip install 'rnnscope[ray]'")
 
 
-class WorkerDied(RuntimeError):
-    """A worker process ended without reporting (killed, or out of memory)."""
+class Runner(Protocol):
+    """A backend: trains the runs it is handed, each exactly once (attempt.py)."""
+
+    def describe(self) -> str: ...
+
+    def session(self, study: Study): ...  # a context manager, entered before any write
+
+    def run(self, todo: list[str], directory: Path, configs: dict[str, dict],
+            store: StudyStore, report: Callable[[str], None]) -> None: ...
+
+
+class LocalRunner:
+    """`workers` processes on this machine (1: in the study's own process)."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = integer("--workers", workers, 1)
+
+    def describe(self) -> str:
+        return f"{self.workers} worker(s)"
+
+    def session(self, study: Study):
+        return nullcontext()  # nothing to connect to
+
+    def run(self, todo: list[str], directory: Path, configs: dict[str, dict],
+            store: StudyStore, report: Callable[[str], None]) -> None:
+        _run_all(todo, directory, configs, self.workers, report)
+
+
+def make_runner(backend: str = "local", *, workers: int | None = None,
+                address: str | None = None, cpus_per_run: int | None = None,
+                gpus_per_run: float | None = None) -> Runner:
+    """The backend the command line asks for, its options checked; Ray is imported only
+    here and only for `backend="ray"` (a ValueError naming the extra without it)."""
+    choice("--backend", backend, BACKENDS)
+    if backend == "local":
+        for flag, value, why in (
+                ("--address", address, "the head of a Ray cluster"),
+                ("--cpus-per-run", cpus_per_run, "local workers split this machine's cores"),
+                ("--gpus-per-run", gpus_per_run, "a local run trains on its run.device")):
+            if value is not None:
+                raise ValueError(f"{flag}: only with --backend ray ({why})")
+        return LocalRunner(1 if workers is None else workers)
+    try:
+        from rnnscope.study.ray_backend import RayRunner
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "ray":
+            raise
+        raise ValueError(NO_RAY) from None
+    return RayRunner(workers=workers, address=address, cpus_per_run=cpus_per_run,
+                     gpus_per_run=gpus_per_run)
 
 
 def run_study(study: Study, directory: str | Path, *, workers: int = 1,
-              source: str | Path | None = None,
+              runner: Runner | None = None, source: str | Path | None = None,
               on_result: Callable[[StudyRow, int, int], None] | None = None) -> list[StudyRow]:
     """Run every run of `study` not yet done into `directory`; return the store's rows.
 
-    `workers` processes train at once (1: in this process). `on_result(row, done,
-    total)` is called as each run ends. A ValueError (bad input, directory in use)
-    comes before any run starts. On KeyboardInterrupt or WorkerDied the workers are
-    ended and every unfinished run is pending again, to be resumed by the same call.
+    `runner` trains them (`make_runner`; default: `workers` local processes, 1: in this
+    process). `on_result(row, done, total)` is called as each run ends. A ValueError
+    (bad input, directory in use, no Ray cluster) comes before anything is written. On
+    KeyboardInterrupt or WorkerDied the workers are ended and every unfinished run is
+    pending again, to be resumed by the same call.
     """
-    integer("--workers", workers, 1)
+    runner = LocalRunner(workers) if runner is None else runner
     directory = Path(directory)
     own = (STUDY_DB, LOCK, STUDY_FILE, STUDY_RUNS, "report.")  # study.db-wal too
     foreign = sorted(path.name for path in directory.iterdir()
@@ -63,7 +116,7 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
     if foreign:  # --out . or a run directory: a study would scatter its files among others
         raise ValueError(f"out: {directory} holds files that are not a study's (e.g. "
                          f"{foreign[0]}); choose a new directory for the study")
-    with _locked(directory):
+    with runner.session(study), _locked(directory):
         store = prepare(study, directory, source)
         try:
             store.reset_running()  # we hold the lock: no live study owns them
@@ -80,7 +133,7 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
                     on_result(row, finished, len(todo))
 
             try:
-                _run_all(todo, directory, configs, workers, report)
+                runner.run(todo, directory, configs, store, report)
             except (KeyboardInterrupt, WorkerDied):
                 # Our workers have ended; one stopped between claiming a run and
                 # training it, or killed mid-run, left the run claimed: give it back.
@@ -135,59 +188,14 @@ def _start_worker(parent: int, threads: int) -> None:
 
 
 def execute(directory: str, name: str, config: dict) -> str:
-    """One attempt at one run (in a worker process, or in the caller's): claim, train,
-    finish. Returns the run's name. A run that raises is stored as an error, not
-    raised: one bad run does not stop the study."""
+    """One attempt at one run, in a worker process or in the caller's (attempt.py).
+    Returns the run's name."""
     store = open_store(directory)
     try:
-        _attempt(store, Path(directory), name, config)
+        attempt(store, Path(directory), name, config)
     finally:
         store.close()
     return name
-
-
-def _attempt(store: StudyStore, directory: Path, name: str, config: dict) -> None:
-    owner = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    if not store.claim(name, owner):
-        return
-    out = run_directory(directory, name)
-    try:
-        # A worker of a killed study may live on for a moment: wait until it is gone.
-        with _run_lock(out):
-            summary = _finished_summary(out)
-            if summary is None:
-                experiment = ExperimentConfig.from_dict(config).with_overrides(
-                    {"run": {"out": str(out)}})
-                # An earlier attempt that wrote config.yaml is continued from its checkpoint.
-                train(experiment, resume=(out / CONFIG).is_file())
-                summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-    except KeyboardInterrupt:
-        store.release(name, owner)
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure of one run is that run's result
-        text = str(error).splitlines()[0] if str(error) else ""
-        store.finish(name, owner, "error", {"message": f"{type(error).__name__}: {text}"})
-        return
-    store.finish(name, owner, "done", summary)
-
-
-def _finished_summary(out: Path) -> dict | None:
-    """The summary of a run that ended (solved, finished, diverged, failed) but was killed
-    before the store heard of it: its result stands, it is not trained again."""
-    try:
-        summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and summary.get("status") in (
-        "solved", "finished", "diverged", "failed") else None
-
-
-@contextmanager
-def _run_lock(out: Path) -> Iterator[None]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with (out.parent / f".{out.name}.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel when its holder dies
-        yield
 
 
 @contextmanager
@@ -209,4 +217,21 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["WorkerDied", "execute", "run_study"]
+def study_running(directory: str | Path) -> bool:
+    """Whether a study process holds the lock of `directory` now (so its `running` runs
+    are being trained, not left so by a study that was killed or hit a full disk)."""
+    try:
+        handle = (Path(directory) / LOCK).open("r")
+    except OSError:
+        return False  # no lock file: no study ever ran here
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+__all__ = ["BACKENDS", "NO_RAY", "LocalRunner", "Runner", "WorkerDied", "execute",
+           "make_runner", "run_study", "study_running"]

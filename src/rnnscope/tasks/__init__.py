@@ -73,6 +73,6 @@ def task_settings(name: str) -> dict[str, object]:
 
 
 # Registration happens on import.
-from rnnscope.tasks import adding, copy, pixels, series, temporal_order, text  # noqa: E402,F401
+from rnnscope.tasks import adding, copy, noise, pixels, series, temporal_order, text  # noqa: E402,F401
 
 __all__ = ["TASKS", "Task", "TaskConfig", "get_task", "register_task", "task_settings"]

@@ -27,6 +27,11 @@ class AddingTask(Task):
     def __init__(self, seq_len: int = 200) -> None:
         self.seq_len = integer("task.seq_len", seq_len, 2)
 
+    @property
+    def reach_needed(self) -> int:
+        """The first marked number lies anywhere in the first half: up to T steps back."""
+        return self.seq_len
+
     def draw(self, batch_size: int, generator: torch.Generator,
              split: str) -> tuple[Tensor, Tensor]:
         steps, half = self.seq_len, self.seq_len // 2

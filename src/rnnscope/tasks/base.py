@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnnscope.checks import choice, integer
+from rnnscope.checks import choice, integer, shown
 
 SPLITS = ("train", "valid")
 
@@ -38,6 +38,13 @@ class Task(ABC):
     # Which steps the loss scores: "last" (one prediction after the whole sequence) or
     # "every" (the mean over all steps), so truncated BPTT can split it by window.
     scored_steps: str = "last"
+
+    @property
+    def reach_needed(self) -> int | None:
+        """Steps back the gradient must carry for the task to be learnt, the span of its
+        longest dependency: the horizon the diagnosis holds the reach against. None where
+        the task does not fix one (language, real series, pixels)."""
+        return None
 
     def batch(self, batch_size: int, generator: torch.Generator,
               split: str = "train") -> tuple[Tensor, Tensor]:
@@ -75,11 +82,27 @@ class Task(ABC):
         return self.solved_below is not None and metric < self.solved_below
 
 
+def data_path(path: str | os.PathLike, what: str = "a file") -> Path:
+    """`task.path` as a Path, with ~ expanded: `--task.path=~/data` reaches us as typed,
+    since the shell expands ~ only at the start of a word."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"task.path: must name {what}, got {shown(path)}")
+    if "\0" in str(path):
+        raise ValueError(f"task.path: must name {what}, got a path with a NUL byte")
+    expanded = Path(path).expanduser()
+    try:
+        expanded.stat()
+    except FileNotFoundError:
+        pass  # the caller says "no such file" in its own words
+    except OSError as error:  # a name too long, a directory we may not enter
+        raise ValueError(f"task.path: cannot open {shown(str(path))} "
+                         f"({error.strerror or error})") from None
+    return expanded
+
+
 def read_utf8(path: str | os.PathLike) -> tuple[Path, str]:
     """The file at `path` as text (a leading byte-order mark dropped), or a one-line ValueError."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ValueError(f"task.path: must name a file, got {path!r}")
-    file = Path(path)
+    file = data_path(path)
     if not file.is_file():
         problem = "is a directory, not a file" if file.is_dir() else "no such file"
         raise ValueError(f"task.path: {problem}: {file}")

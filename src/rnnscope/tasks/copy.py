@@ -50,6 +50,11 @@ class CopyTask(Task):
         self.baseline = COPIED * math.log(8) / (self.seq_len + 2 * COPIED)
         self.solved_below = 0.1 * self.baseline
 
+    @property
+    def reach_needed(self) -> int:
+        """Each symbol is recalled T + 10 steps after it was shown."""
+        return self.seq_len + COPIED
+
     def draw(self, batch_size: int, generator: torch.Generator,
              split: str) -> tuple[Tensor, Tensor]:
         """(one-hot inputs [T+20, B, 10], target classes [T+20, B] (int64))."""

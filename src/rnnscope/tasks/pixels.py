@@ -13,6 +13,7 @@ order, drawn from `permutation_seed`, to every image.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnscope.checks import integer
+from rnnscope.checks import number, seed
 from rnnscope.tasks import register_task
-from rnnscope.tasks.base import Task
+from rnnscope.tasks.base import Task, data_path
 
 MODES = ("pixel", "row")
 
@@ -37,7 +38,7 @@ class PixelClassification(Task):
                  permuted: bool, permutation_seed: int, classes: int) -> None:
         if mode not in MODES:
             raise ValueError(f"task.mode: unknown {mode!r}; accepted: {', '.join(MODES)}")
-        integer("task.permutation_seed", permutation_seed, 0)
+        seed("task.permutation_seed", permutation_seed)
         self.mode, self.permuted = mode, bool(permuted)
         height, width = images["train"].shape[1:]
         self.seq_len = height * width if mode == "pixel" else height
@@ -80,14 +81,19 @@ class DigitsTask(PixelClassification):
                  valid_fraction: float = 0.2) -> None:
         from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
-        if not isinstance(valid_fraction, (int, float)) or not 0 < valid_fraction < 1:
-            raise ValueError(f"task.valid_fraction: must be in (0, 1), got {valid_fraction!r}")
+        number("task.valid_fraction", valid_fraction, above=0.0, below=1.0)
         data = load_digits()
         images = torch.from_numpy(data.images).float() / 16.0  # pixel values 0..16
         labels = torch.from_numpy(data.target).long()
         # One fixed shuffle (seed 0) so the held-out set never depends on the run's seed.
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        cut = len(labels) - int(round(valid_fraction * len(labels)))
+        held_out = int(round(valid_fraction * len(labels)))
+        if not 0 < held_out < len(labels):  # both splits need an image to draw from
+            raise ValueError(f"task.valid_fraction: {valid_fraction:g} of {len(labels)} "
+                             f"images holds out {held_out}; accepted: a fraction that holds "
+                             f"out 1 to {len(labels) - 1} of them (about "
+                             f"{1 / len(labels):.1g} to {1 - 1 / len(labels):.4f})")
+        cut = len(labels) - held_out
         train, valid = order[:cut], order[cut:]
         super().__init__({"train": images[train], "valid": images[valid]},
                          {"train": labels[train], "valid": labels[valid]},
@@ -108,7 +114,7 @@ class IdxTask(PixelClassification):
 
     def __init__(self, path: str, mode: str = "pixel", permuted: bool = False,
                  permutation_seed: int = 0) -> None:
-        directory = Path(path)
+        directory = data_path(path, "a directory")
         if not directory.is_dir():
             raise ValueError(f"task.path: no such directory: {directory}")
         images, labels = {}, {}
@@ -126,6 +132,10 @@ class IdxTask(PixelClassification):
             if int(labels[split].max()) > 9:
                 raise ValueError(f"{directory / label_name}: labels must be 0..9, found "
                                  f"{int(labels[split].max())}")
+        if 0 in images["train"].shape[1:]:
+            raise ValueError(f"{directory / IDX_FILES['train'][0]}: images of "
+                             f"{'x'.join(map(str, images['train'].shape[1:]))} pixels; "
+                             f"expected at least 1x1")
         if images["train"].shape[1:] != images["valid"].shape[1:]:
             raise ValueError(f"{directory}: train and t10k images differ in size "
                              f"({tuple(images['train'].shape[1:])} vs "
@@ -158,8 +168,9 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
                          f"0x{expected_magic:08x} (unsigned bytes, {dims} dimensions)")
     shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
     body = data[4 + 4 * dims :]
-    size = int(np.prod(shape))
+    size = math.prod(shape)  # Python's integers: numpy's product of four uint32 can wrap
     if len(body) != size:
-        raise ValueError(f"{path}: truncated or padded: header says {shape} = {size} bytes, "
-                         f"found {len(body)}")
+        raise ValueError(f"{path}: truncated or padded: its header says "
+                         f"{' x '.join(map(str, shape))} = {size:,} bytes of data, found "
+                         f"{len(body):,}")
     return np.frombuffer(body, dtype=np.uint8).reshape(shape).copy()

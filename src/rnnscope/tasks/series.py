@@ -3,16 +3,25 @@
 The file needs a header line naming its columns; `columns` picks one or more
 by name (a list, or one comma-separated string). Rows are time steps, in file
 order; wholly blank lines are skipped. The last `valid_fraction` of the rows is
-held out, and no window crosses into it. Each column is normalised with the
-mean and (population) standard deviation of the training rows only.
+held out, and no window crosses into it.
+
+Forecasts are relative to the window, as forecasting libraries do it, so that a
+trend that carries the held-out rows above anything seen in training changes
+nothing: a window's inputs are its rows minus its last row, and its target is
+the change from the last row to each of the `horizon` rows after it. Both are in
+units of each column's `scale`: the root mean square of its one-step changes over
+the training rows (the persistence forecast's one-step error there, so a steady
+trend has a scale too). A model that outputs 0 repeats the last value: the
+persistence forecast.
 
 A window is `seq_len` consecutive rows, inputs [seq_len, B, C]; its target is
-the `horizon` rows after it, flattened step-major to [B, horizon * C] (entry
-h * C + c is column c, h + 1 steps ahead). Loss and metric: MSE of the last
-output step against the target.
+flattened step-major to [B, horizon * C] (entry h * C + c is column c, h + 1
+steps ahead). Loss and metric: MSE of the last output step against the target.
 
-Baseline: the persistence forecast (repeat the last observed row for the whole
-horizon), its MSE over every validation window, in normalised units.
+Baselines, as MSE over every validation window in the same units:
+`persistence` (repeat the last row over the horizon; the task's `baseline`) and,
+when `season` (a period in rows, e.g. 52 for weekly data) is given,
+`seasonal_naive` (repeat the value one season before each forecast step).
 
 Empty, non-numeric and non-finite cells (nan, inf) are missing values:
 `missing="error"` names the rows, `"drop"` drops them, `"interpolate"` fills
@@ -31,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnscope.checks import integer, number
+from rnnscope.checks import choice, integer, number
 from rnnscope.tasks import register_task
 from rnnscope.tasks.base import (
     Task,
@@ -40,6 +49,7 @@ from rnnscope.tasks.base import (
 
 MISSING = ("error", "drop", "interpolate")
 ROWS_LISTED = 5  # how many bad row numbers an error message shows
+MAX_SPAN = 1e30  # a column's range over its scale; float32 holds up to 3.4e38
 
 
 def parse_columns(columns) -> list[str]:
@@ -130,7 +140,7 @@ class SeriesTask(Task):
 
     def __init__(self, path: str, columns: str | list[str] | None = None, seq_len: int = 50,
                  horizon: int = 1, valid_fraction: float = 0.2, missing: str = "error",
-                 column: str | None = None) -> None:
+                 column: str | None = None, season: int | None = None) -> None:
         # `column` is DESIGN.md's spelling for a single column (--task.column=co2).
         if (columns is None) == (column is None):
             raise ValueError("task.columns: give the CSV column(s) to forecast, as "
@@ -139,40 +149,69 @@ class SeriesTask(Task):
         self.seq_len = integer("task.seq_len", seq_len, 2)
         self.horizon = integer("task.horizon", horizon, 1)
         self.valid_fraction = number("task.valid_fraction", valid_fraction, above=0.0, maximum=0.5)
-        if missing not in MISSING:
-            raise ValueError(f"task.missing: unknown {missing!r}; accepted: "
-                             f"{', '.join(MISSING)}")
+        self.season = None if season is None else integer("task.season", season, 1)
+        choice("task.missing", missing, MISSING)
         self.columns = parse_columns(columns)
         file, values, numbers = read_columns(path, self.columns)
         self.path = file
         values = fill_missing(file, values, numbers, self.columns, missing)
 
         valid_count = round(self.valid_fraction * len(values))
-        cut = len(values) - valid_count
+        self.cut = cut = len(values) - valid_count
         need = self.seq_len + self.horizon
         if min(cut, valid_count) < need:
             raise ValueError(
                 f"{file}: too few rows: {len(values)} rows give {cut} for training and "
                 f"{valid_count} for validation; each needs at least seq_len + horizon = {need}")
-        train = values[:cut]
-        for c, name in enumerate(self.columns):
-            if train[:, c].min() == train[:, c].max():
-                raise ValueError(f"{file}: column {name!r} is constant in the training rows "
-                                 f"(std 0), so it cannot be normalised")
-        self.mean = torch.from_numpy(train.mean(axis=0))
-        self.std = torch.from_numpy(train.std(axis=0))
-        normalised = (torch.from_numpy(values) - self.mean) / self.std
-        self.values = {"train": normalised[:cut].float(), "valid": normalised[cut:].float()}
+        if self.season is not None and self.season > cut:
+            raise ValueError(f"task.season: at most the {cut} training rows, got {self.season}")
+        self.scale = torch.from_numpy(change_scale(file, values[:cut], self.columns))
+        with np.errstate(over="ignore"):
+            span = (values.max(axis=0) - values.min(axis=0)) / self.scale.numpy()
+        for c, name in enumerate(self.columns):  # a window's values must fit in float32
+            if not span[c] < MAX_SPAN:
+                raise ValueError(f"{file}: column {name!r} spans more than {MAX_SPAN:.0e} "
+                                 f"times its typical change in the training rows; such "
+                                 f"values overflow float32 once scaled: rescale the column")
+        series = torch.from_numpy(values)  # float64: changes of 0.1 on levels of 400 stay exact
+        self.values = {"train": series[:cut], "valid": series[cut:]}
         self.input_size = len(self.columns)
         self.output_size = self.horizon * len(self.columns)
-        self.baseline = self._persistence_mse(normalised[cut:])
+        self.baselines = self._baselines(series)
+        self.baseline = self.baselines["persistence"]
 
-    def _persistence_mse(self, values: Tensor) -> float:
-        """MSE of repeating each validation window's last row over its horizon (float64)."""
-        starts = torch.arange(len(values) - self.seq_len - self.horizon + 1)
-        last = values[starts + self.seq_len - 1]  # [W, C]
+    def _windows(self, values: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """Windows at `starts` of `values` relative to their last row, in units of `scale`:
+        inputs [T, W, C] and the changes ahead [W, H, C] (float64)."""
+        rows = values[starts + torch.arange(self.seq_len)[:, None]]  # [T, W, C]
         ahead = values[starts[:, None] + self.seq_len + torch.arange(self.horizon)]  # [W, H, C]
-        return float(((ahead - last[:, None]) ** 2).mean())
+        last = rows[-1]  # [W, C]
+        return (rows - last) / self.scale, (ahead - last[:, None]) / self.scale
+
+    def _baselines(self, series: Tensor) -> dict[str, float]:
+        """MSE of the naive forecasts over every validation window (float64)."""
+        valid = self.values["valid"]
+        starts = torch.arange(len(valid) - self.seq_len - self.horizon + 1)
+        _, changes = self._windows(valid, starts)
+        baselines = {"persistence": float((changes ** 2).mean())}  # it forecasts no change
+        if self.season is not None:
+            # Step h ahead repeats the value ceil(h / season) seasons before it (in the
+            # training rows, where that reaches back past the validation split).
+            steps = torch.arange(1, self.horizon + 1)
+            back = self.season * -(-steps // self.season)  # [H]
+            last = self.cut + starts + self.seq_len - 1  # [W], in the whole series
+            earlier = series[last[:, None] + steps - back]  # [W, H, C]
+            forecast = (earlier - series[last][:, None]) / self.scale
+            baselines["seasonal_naive"] = float(((changes - forecast) ** 2).mean())
+        return baselines
+
+    def windows(self, split: str = "valid") -> tuple[Tensor, Tensor]:
+        """Every window of the split in order, as `batch` gives them: what the baselines
+        are measured on, so a model's MSE on these compares with them exactly."""
+        values = self.values[choice("split", split, ("train", "valid"))]
+        starts = torch.arange(len(values) - self.seq_len - self.horizon + 1)
+        inputs, changes = self._windows(values, starts)
+        return inputs.float(), changes.reshape(len(starts), self.output_size).float()
 
     def draw(self, batch_size: int, generator: torch.Generator,
              split: str) -> tuple[Tensor, Tensor]:
@@ -180,9 +219,30 @@ class SeriesTask(Task):
         values = self.values[split]
         starts = torch.randint(0, len(values) - self.seq_len - self.horizon + 1, (batch_size,),
                                generator=generator)
-        inputs = values[starts + torch.arange(self.seq_len)[:, None]]  # [T, B, C]
-        ahead = values[starts[:, None] + self.seq_len + torch.arange(self.horizon)]  # [B, H, C]
-        return inputs, ahead.reshape(batch_size, self.output_size)
+        inputs, changes = self._windows(values, starts)
+        return inputs.float(), changes.reshape(batch_size, self.output_size).float()
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return torch.nn.functional.mse_loss(output[-1], target)
+
+
+def change_scale(file: str, train: np.ndarray, names: list[str]) -> np.ndarray:
+    """Each column's scale: the root mean square of its one-step changes over the
+    training rows; one line naming the column where there is none (a constant column) or
+    where the values are too large to subtract in float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        changes = np.diff(train, axis=0)
+        largest = np.abs(changes).max(axis=0)
+        # Divided by the largest change first, so that squaring cannot overflow.
+        scale = largest * np.sqrt(((changes / np.where(largest > 0, largest, 1)) ** 2)
+                                  .mean(axis=0))
+    for c, name in enumerate(names):
+        if not np.isfinite(changes[:, c]).all():
+            raise ValueError(f"{file}: column {name!r} holds values up to "
+                             f"{float(np.abs(train[:, c]).max()):.3g}, too large to take "
+                             f"differences of in float64 (about 1.8e308 at most); rescale "
+                             f"the column")
+        if scale[c] == 0:
+            raise ValueError(f"{file}: column {name!r} is constant in the training rows, "
+                             f"so there are no changes to forecast")
+    return scale

@@ -41,6 +41,11 @@ class TemporalOrderTask(Task):
     def __init__(self, seq_len: int = 100) -> None:
         self.seq_len = integer("task.seq_len", seq_len, 10)
 
+    @property
+    def reach_needed(self) -> int:
+        """The first relevant symbol lies in [L/10, 2L/10): up to 9L/10 steps back."""
+        return self.seq_len - self.seq_len // 10
+
     def draw(self, batch_size: int, generator: torch.Generator,
              split: str) -> tuple[Tensor, Tensor]:
         """(one-hot inputs [L, B, 6], labels [B] (int64) in 0..3)."""

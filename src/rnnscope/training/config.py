@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnscope.checks import build_section, choice, integer, text, to_plain
+from rnnscope.checks import build_section, choice, integer, name, seed, text, to_plain
 from rnnscope.files import read_yaml
 from rnnscope.flow.bptt import BPTTConfig
 from rnnscope.flow.probes import ProbeConfig
@@ -38,6 +38,10 @@ from rnnscope.tasks import TaskConfig
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")  # of the weights and the data
+# A million sequences a step is past any use here; larger is a typo (and torch's sizes
+# overflow at 2**63).
+MAX_BATCH = 2**20
+PATH_MAX = 4096  # bytes in a path on Linux: a longer run.out could never be created
 
 
 @dataclass(frozen=True)
@@ -62,21 +66,17 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         integer("run.steps", self.steps, 1)
-        integer("run.batch", self.batch, 1)
-        integer("run.seed", self.seed, 0)
+        integer("run.batch", self.batch, 1, MAX_BATCH)
+        seed("run.seed", self.seed)
         integer("run.eval_every", self.eval_every, 0)
         integer("run.eval_batches", self.eval_batches, 1)
         integer("run.checkpoint_every", self.checkpoint_every, 0)
         choice("run.device", self.device, DEVICES)
         choice("run.dtype", self.dtype, DTYPES)
-        for key in ("name", "out"):
-            if getattr(self, key) is not None:
-                text(f"run.{key}", getattr(self, key))
-        # A name is one directory under runs/; a path belongs in run.out.
-        if self.name is not None and (self.name in (".", "..") or
-                                      re.search(r"[/\\]", self.name)):
-            raise ValueError(f"run.name: must be a plain name without / or \\ (a path goes "
-                             f"in --out), got {self.name!r}")
+        if self.name is not None:  # one directory under runs/; a path belongs in run.out
+            name("run.name", self.name)
+        if self.out is not None:
+            text("run.out", self.out, max_length=PATH_MAX)
 
 
 SECTIONS: dict[str, type] = {
@@ -165,7 +165,9 @@ class ExperimentConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.out) if self.run.out else Path("runs") / self.run_name
+        # expanduser: `--run.out=~/runs/x` reaches us unexpanded (the shell expands ~ only
+        # at the start of a word)
+        return Path(self.run.out).expanduser() if self.run.out else Path("runs") / self.run_name
 
 
 def _section(config: ExperimentConfig, section: str, values: dict):

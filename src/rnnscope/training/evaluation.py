@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.dynamics import LYAPUNOV_SAMPLES, lyapunov, lyapunov_steps, state_size
 from rnnscope.flow.recording import record
 from rnnscope.tasks import Task
@@ -70,7 +70,7 @@ def held_out_numbers(model: nn.Module, held_out: HeldOut, batches: int) -> tuple
 
 
 def diagnose_trained(model: nn.Module, held_out: HeldOut, *, lr: float,
-                     current: dict[str, str]) -> Diagnosis:
+                     current: dict[str, str], context: Context | None = None) -> Diagnosis:
     """The diagnosis of `model` on one held-out batch with full BPTT, with the model
     evidence (W_hh spectral radius, Lyapunov exponent) as well. Leaves no gradient."""
     inputs, targets = next(held_out.batches(DIAGNOSIS_SEED))
@@ -78,7 +78,7 @@ def diagnose_trained(model: nn.Module, held_out: HeldOut, *, lr: float,
     with record(model) as recorder:
         output, _ = model(inputs)
         held_out.task.loss(output, targets).backward()
-    result = diagnose(recorder, lr=lr, current=current)
+    result = diagnose(recorder, lr=lr, current=current, context=context)
     model.zero_grad(set_to_none=True)
     return result
 

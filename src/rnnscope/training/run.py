@@ -15,11 +15,13 @@ and only rank 0 writes the run directory, logs, checkpoints and the progress bar
 from __future__ import annotations
 
 import math
+import re
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from rnnscope.checks import choice, integer, number
 from rnnscope.flow.diagnosis import Diagnosis
 from rnnscope.numerics import flush_denormal
 from rnnscope.remedies.guard import TrainingDiverged
@@ -52,6 +54,8 @@ class RunResult:
     skipped: int = 0
     clip_rate: float = 0.0
     message: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. damaged metrics lines a resume left out
+    baselines: dict[str, float] = field(default_factory=dict)  # named naive forecasts, if any
 
     def to_dict(self) -> dict:
         diagnosis = self.diagnosis
@@ -64,7 +68,8 @@ class RunResult:
                 "rate": diagnosis.rate, "fixes": [fix.cli for fix in diagnosis.fixes[:3]]},
             "run_dir": str(self.run_dir), "seconds": round(self.seconds, 3),
             "rollbacks": self.rollbacks, "skipped": self.skipped,
-            "clip_rate": self.clip_rate, "message": self.message,
+            "clip_rate": self.clip_rate, "message": self.message, "notes": self.notes,
+            **({"baselines": self.baselines} if self.baselines else {}),
         }
 
 
@@ -94,9 +99,9 @@ def train(config: ExperimentConfig, *, resume: bool = False) -> RunResult:
 
 def _train(config: ExperimentConfig, path: Path, resume: bool,
            group: distributed.SingleProcess, started: float) -> RunResult:
-    trainer, run, checkpoint = _prepare(config, path, resume, group)
+    trainer, run, checkpoint, notes = _prepare(config, path, resume, group)
     if checkpoint is not None and checkpoint.get("status") in DONE:
-        return _finish(trainer, run, checkpoint["status"], "", started)
+        return _finish(trainer, run, checkpoint["status"], "", started, notes)
     with ExitStack() as cleanup:
         metrics, board, bar = _attach(trainer, run, resume) if group.is_main else (None,) * 3
         if run is not None:
@@ -116,29 +121,49 @@ def _train(config: ExperimentConfig, path: Path, resume: bool,
             raise
         if status in DONE and group.is_main:
             run.save_checkpoint("last", {**trainer.state_dict(), "status": status})
-        return _finish(trainer, run, status, message, started)
+        return _finish(trainer, run, status, message, started, notes)
 
 
 def _prepare(config: ExperimentConfig, path: Path, resume: bool,
              group: distributed.SingleProcess):
-    """The trainer, the run directory (rank 0) and the checkpoint a resume starts from;
-    every rank gets them, or every rank stops with the same error."""
-    run, checkpoint, error, trainer = None, None, None, None
+    """The trainer, the run directory (rank 0), the checkpoint a resume starts from and
+    notes on what the resume found; every rank gets them, or every rank stops with the
+    same error."""
+    run, checkpoint, error, trainer, notes = None, None, None, None, []
     try:
-        trainer = Trainer(config, group)  # builds the task, model and optimiser: may raise
+        try:
+            trainer = Trainer(config, group)  # builds the task, model and optimiser: may raise
+        except (RuntimeError, MemoryError) as failure:
+            raise build_error(failure) from None
         if resume:
             run = RunDirectory.existing(path)
             checkpoint = run.load_checkpoint("last")  # None: stopped before the first one
             if checkpoint is not None:
                 _load(trainer, checkpoint, run)
             if group.is_main:
-                run.cut_metrics(trainer.step)
+                _check_best(run)
+                notes = [note for note in [run.cut_metrics(trainer.step)] if note]
         elif group.is_main:
             run = RunDirectory.create(path, config.to_dict())
     except (ValueError, TypeError, OSError) as failure:
         error = failure
     group.agree(error)  # every rank goes on, or every rank stops here
-    return trainer, run, checkpoint
+    return trainer, run, checkpoint, notes
+
+
+def build_error(error: BaseException) -> ValueError:
+    """torch failing to build the task's data, the model or the held-out batches (an
+    allocation too large, a size past int64) as one line naming the settings that size
+    them."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    sizes = "run.batch, task.seq_len, model.hidden or model.layers"
+    if isinstance(error, MemoryError) or "alloc" in text or "out of memory" in text:
+        asked = re.search(r"allocate (\d+) bytes", text)
+        size = f" ({int(asked.group(1)) / 1e9:.3g} GB asked)" if asked else ""
+        return ValueError(f"memory: cannot allocate the task's data and the model{size}; "
+                          f"choose a smaller {sizes}")
+    return ValueError(f"task: cannot build the data and the model ({text[:200]}); check "
+                      f"{sizes}")
 
 
 def _fit(trainer: Trainer, metrics: MetricsLog | None,
@@ -185,16 +210,42 @@ def _attach(trainer: Trainer, run: RunDirectory, resume: bool):
 
 
 def _load(trainer: Trainer, checkpoint: dict, run: RunDirectory) -> None:
+    """Load `checkpoint` into the trainer, or one ValueError naming the file and field."""
+    path = run.checkpoint_dir / "last.pt"
+    try:
+        trainer.check_state_dict(checkpoint)
+        status = checkpoint.get("status", "running")
+        choice("status", status, ("running", *DONE))
+        if status == "finished" and checkpoint["step"] != trainer.config.run.steps:
+            raise ValueError(f"status: finished, but step {checkpoint['step']} is not "
+                             f"run.steps ({trainer.config.run.steps})")
+    except ValueError as error:
+        raise ValueError(f"resume: {path}: {error}") from None
     try:
         trainer.load_state_dict(checkpoint)
-    except (KeyError, TypeError, RuntimeError, ValueError) as error:
-        raise ValueError(f"resume: {run.checkpoint_dir / 'last.pt'} does not fit the run's "
-                         f"config.yaml ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    except Exception as error:  # noqa: BLE001 - torch's loaders raise many kinds for bad state
+        text = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"resume: {path} does not fit the run's config.yaml "
+                         f"({type(error).__name__}: {text[:200]})") from None
+
+
+def _check_best(run: RunDirectory) -> None:
+    """checkpoints/best.pt, if there is one, must say which step and metric it kept."""
+    best = run.load_checkpoint("best")
+    if best is None:
+        return
+    try:
+        number("metric", best.get("metric"))
+        integer("step", best.get("step"), 0)
+        if not isinstance(best.get("model"), dict):
+            raise ValueError("model: must be a mapping of weights")
+    except ValueError as error:
+        raise ValueError(f"resume: {run.checkpoint_dir / 'best.pt'}: {error}; move it away "
+                         f"to keep the run's best weights from here on") from None
 
 
 def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: str,
-            started: float) -> RunResult:
+            started: float, notes: list[str] | None = None) -> RunResult:
     evaluation = trainer.evaluation
     if not trainer.dist.is_main:  # rank 0 evaluates, diagnoses and reports for all
         return RunResult(
@@ -209,7 +260,7 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
         evaluation = trainer.evaluate(shared=False)
     diagnosis = diagnose_trained(trainer.model, trainer.held_out,
                                  lr=trainer.schedule.lr(max(trainer.step - 1, 0)),
-                                 current=trainer.config.as_flags())
+                                 current=trainer.config.as_flags(), context=trainer.context())
     records = [r for r in run.read_metrics() if r["kind"] == "train"]
     final_loss = records[-1].get("loss") if records else None
     result = RunResult(
@@ -219,7 +270,8 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
         baseline=trainer.task.baseline, solved=evaluation.solved, diagnosis=diagnosis,
         run_dir=run.path, seconds=time.perf_counter() - started,
         rollbacks=trainer.guard.rollbacks, skipped=trainer.guard.skipped,
-        clip_rate=trainer.clipped_steps / max(trainer.step, 1), message=message)
+        clip_rate=trainer.clipped_steps / max(trainer.step, 1), message=message,
+        notes=list(notes or []), baselines=dict(getattr(trainer.task, "baselines", {})))
     # What the report needs beyond the result: the task's threshold, the diagnosis in
     # words with every fix and its reason, and the Lyapunov spectrum of the trained model.
     fields = diagnosis.report_fields()
@@ -231,4 +283,4 @@ def _finish(trainer: Trainer, run: RunDirectory | None, status: str, message: st
     return result
 
 
-__all__ = ["RunResult", "STATUSES", "train"]
+__all__ = ["RunResult", "STATUSES", "build_error", "train"]

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from rnnscope.checks import integer
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
-from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
-from rnnscope.flow.probes import grad_norms
+from rnnscope.flow.probes import grad_norms, update_ratio
+from rnnscope.flow.probes import snapshot as parameter_copies
 from rnnscope.remedies.clipping import Clipper, ClipResult
 from rnnscope.remedies.guard import Guard, TrainingDiverged
 from rnnscope.remedies.optim import LRSchedule, build_optimizer
@@ -40,6 +42,8 @@ from rnnscope.training.distributed import LOCAL, SingleProcess
 from rnnscope.training.evaluation import Evaluation, HeldOut, held_out_numbers
 
 EVENTS = ("after_backward", "before_step", "after_step", "on_eval", "on_checkpoint")
+CHECKPOINT_FIELDS = ("step", "clipped_steps", "model", "optimizer", "schedule", "clipper",
+                     "guard", "evaluation", "rng")
 
 
 @dataclass
@@ -61,11 +65,15 @@ class StepState:
     skip: bool = False  # set by the guard: no update this step
     action: str | None = None  # what the guard did: "skip" or "rollback"
     clip_rate: float = 0.0  # fraction of the run's steps so far that were clipped
+    update_ratio: float | None = None  # ||dtheta|| / ||theta|| of this update, when probed
 
     def scalars(self) -> dict[str, float]:
-        return {"loss": self.loss, "grad_norm": self.grad_norm,
-                "grad_norm_clipped": self.grad_norm_clipped, "lr": self.lr,
-                "clip_rate": self.clip_rate}
+        numbers = {"loss": self.loss, "grad_norm": self.grad_norm,
+                   "grad_norm_clipped": self.grad_norm_clipped, "lr": self.lr,
+                   "clip_rate": self.clip_rate}
+        if self.update_ratio is not None:
+            numbers["update_ratio"] = self.update_ratio
+        return numbers
 
 
 class Trainer:
@@ -100,6 +108,8 @@ class Trainer:
         self.step = 0  # updates done
         self.clipped_steps = 0
         self.evaluation: Evaluation | None = None
+        self.reach_history: list[int] = []  # the reach at each probe so far
+        self._last_update: float | None = None
         self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
         self.guard = Guard(config.guard, snapshot=self.snapshot, restore=self.restore,
                            scale_lr=self.schedule.scale_by)
@@ -144,8 +154,15 @@ class Trainer:
         self.fire("after_backward", state)
         self._clip(state, batch_loss)
         self.fire("before_step", state)  # the guard acts here
+        measured = probing and not state.skip  # a skipped step's zero update says nothing
+        before = parameter_copies(self.model) if measured else None
         if not state.skip:
             self.optimizer.step()
+        if measured:
+            state.update_ratio = self._last_update = float(update_ratio(
+                before, dict(self.model.named_parameters()))["update_ratio_total"])
+        if probing:
+            self._diagnose(state)
         self.step = step
         self.clipped_steps += state.clipped
         state.clip_rate = self.clipped_steps / step
@@ -172,7 +189,7 @@ class Trainer:
             self.model, inputs,
             lambda output, start, stop: self.dist.share(
                 self.task.window_loss(output, targets, start, stop, steps)),
-            window=self.config.bptt.window, record_flow=probing)
+            window=self.config.bptt.window, record_flow=probing, cell_state=True)
         # The ranks' gradients and losses add up to the global batch's (one process: as is).
         return result, self.dist.reduce_gradients(self.model.parameters(), result.loss)
 
@@ -181,7 +198,6 @@ class Trainer:
         clipping; gradient copies for histograms when asked."""
         if any(flow is not None for flow in result.flows):
             state.flow = self.dist.reduce_flow(join_flows(result.flows, result.windows))
-            state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags())
         norms = grad_norms(self.model)
         state.param_norms = dict(zip(norms, torch.stack(list(norms.values())).tolist(),
                                      strict=True))
@@ -189,6 +205,28 @@ class Trainer:
             # Copies: on a CPU .cpu() would alias .grad, which clipping then scales in place.
             state.grads = {name: p.grad.detach().to("cpu", copy=True) for name, p in
                            self.model.named_parameters() if p.grad is not None}
+
+    def _diagnose(self, state: StepState) -> None:
+        """The diagnosis of a probed step's flow, once its update is known: how far the
+        gradient reaches against the horizon the task needs, the window in force, the
+        size of the update and the reach at earlier probes."""
+        if state.flow is None:
+            return
+        state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags(),
+                                   context=self.context(state.update_ratio))
+        self.reach_history.append(state.diagnosis.reach)
+
+    def context(self, update: float | None = None) -> Context:
+        """What the diagnosis is told of this run besides a flow."""
+        evaluation = self.evaluation
+        return Context(horizon=self.task.reach_needed, window=self.config.bptt.window,
+                       solved=evaluation.solved if evaluation is not None else None,
+                       update_ratio=update if update is not None else self.last_update(),
+                       earlier_reach=tuple(self.reach_history[-8:]))
+
+    def last_update(self) -> float | None:
+        """The update ratio of the latest probed step."""
+        return self._last_update
 
     def _clip(self, state: StepState, batch_loss: Tensor) -> None:
         """Clip after the backward pass and before the update (nanoGPT's order), then read
@@ -231,6 +269,7 @@ class Trainer:
         """Everything a resumed run needs to continue exactly as if never stopped."""
         evaluation = self.evaluation.__dict__ if self.evaluation is not None else None
         return {"step": self.step, "clipped_steps": self.clipped_steps,
+                "reach_history": list(self.reach_history), "last_update": self._last_update,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
                 "guard": self.guard.state_dict(), "evaluation": evaluation,
@@ -238,8 +277,46 @@ class Trainer:
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda"
                         else []}}
 
+    def check_state_dict(self, state) -> None:
+        """A checkpoint's fields, checked before any is loaded: a file that torch reads but
+        whose fields are wrong (`step: -5`, `optimizer: 5`, a step past run.steps) is one
+        ValueError naming the field, before anything is changed or believed."""
+        if not isinstance(state, dict):
+            raise ValueError(f"must hold a mapping of fields, got {type(state).__name__}")
+        missing = [key for key in CHECKPOINT_FIELDS if key not in state]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing; a checkpoint holds "
+                             f"{', '.join(CHECKPOINT_FIELDS)}")
+        integer("step", state["step"], 0, self.config.run.steps)  # run.steps: config.yaml's
+        integer("clipped_steps", state["clipped_steps"], 0, state["step"])
+        for key in ("model", "optimizer", "schedule", "clipper", "guard", "rng"):
+            if not isinstance(state[key], dict):
+                raise ValueError(f"{key}: must be a mapping, got {type(state[key]).__name__}")
+        for key in ("skipped", "rollbacks", "consecutive", "survived"):
+            integer(f"guard.{key}", state["guard"].get(key), 0, state["step"])
+        for key in ("good_state", "candidate"):  # snapshots the guard rolls back to
+            snapshot = state["guard"].get(key)
+            if snapshot is not None and not (isinstance(snapshot, dict) and all(
+                    isinstance(snapshot.get(part), dict) for part in ("model", "optimizer"))):
+                raise ValueError(f"guard.{key}: must be none or a snapshot (model, optimizer)")
+        evaluation = state["evaluation"]
+        if evaluation is not None:
+            fields = {"step": int, "loss": float, "metric": float, "metric_name": str,
+                      "solved": bool}
+            if not isinstance(evaluation, dict) or set(evaluation) != set(fields) or not all(
+                    isinstance(evaluation[key], kind) for key, kind in fields.items()):
+                raise ValueError(f"evaluation: must be none or a mapping of "
+                                 f"{', '.join(fields)} of their types")
+        for key in ("data", "torch"):
+            value = state["rng"].get(key)
+            if not (isinstance(value, Tensor) and value.dtype == torch.uint8):
+                raise ValueError(f"rng.{key}: must be a generator state (a byte tensor)")
+
     def load_state_dict(self, state: dict) -> None:
+        self.check_state_dict(state)
         self.step, self.clipped_steps = state["step"], state["clipped_steps"]
+        self.reach_history = list(state.get("reach_history", []))  # checkpoints of before
+        self._last_update = state.get("last_update")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

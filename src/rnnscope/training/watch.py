@@ -32,8 +32,10 @@ import torch
 from torch import nn
 
 from rnnscope.checks import choice, integer
-from rnnscope.flow.diagnosis import Diagnosis, diagnose
+from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
+from rnnscope.flow.probes import snapshot as parameter_copies
+from rnnscope.flow.probes import update_ratio
 from rnnscope.flow.recording import Recorder
 from rnnscope.numerics import flush_denormal
 from rnnscope.remedies.guard import TrainingDiverged
@@ -47,7 +49,8 @@ class Watch:
 
     def __init__(self, model: nn.Module, out: str | Path, every: int = 100, *,
                  nonfinite: str = "warn", flush_subnormals: bool = True,
-                 cell_state: bool = False, name: str | None = None) -> None:
+                 cell_state: bool = False, name: str | None = None,
+                 horizon: int | None = None) -> None:
         if not isinstance(out, (str, Path)) or not str(out):
             raise ValueError(f"out: expected a directory path, got {out!r}")
         self.nonfinite = choice("nonfinite", nonfinite, NONFINITE)
@@ -55,6 +58,9 @@ class Watch:
         self.out = Path(out)
         self.name = name or self.out.name
         self.main = _rank() == 0
+        self.horizon = None if horizon is None else integer("horizon", horizon, 1)
+        self.model = model
+        self._before: dict | None = None  # the weights a recorded step started from
         self.recorder = Recorder(model, every=integer("every", every, 1),
                                  cell_state=cell_state)
         self.history: list[tuple[int, Diagnosis]] = []  # (step, diagnosis) per recording
@@ -74,6 +80,7 @@ class Watch:
     def __enter__(self) -> Watch:
         if self.main:  # ranks > 0 train unwatched: rank 0 speaks for all
             self._log = FlowLog(self.out, self._config, self.name)
+            self.recorder.on_step(self._step_opens)
             self.recorder.on_recorded(self._probe)
             self.recorder.__enter__()
         if self.flush:
@@ -94,8 +101,21 @@ class Watch:
         if bad:
             self._nonfinite(f"step {self.step}: {', '.join(bad)} not finite")
 
+    def _step_opens(self, step: int, recorded: bool) -> None:
+        # The weights before a recorded step's update: at the next step's first forward
+        # the update is done, and its size tells a stalled run (lr too small) apart.
+        self._before = parameter_copies(self.model) if recorded else None
+
+    def _context(self) -> Context:
+        ratio = None
+        if self._before is not None:
+            ratio = float(update_ratio(self._before, dict(self.model.named_parameters()))[
+                "update_ratio_total"])
+        return Context(horizon=self.horizon, update_ratio=ratio or None,
+                       earlier_reach=tuple(d.reach for _, d in self.history[-8:]))
+
     def _probe(self, step: int, flow: GradientFlow) -> None:
-        diagnosis = diagnose(flow)
+        diagnosis = diagnose(flow, context=self._context())
         self.history.append((step, diagnosis))
         self._log.probe(step, flow, diagnosis)
         if diagnosis.verdict == "nonfinite":
@@ -128,13 +148,15 @@ class Watch:
                    "final_loss": self._last_loss, "run_dir": str(self.out),
                    "message": "" if exc is None else str(exc).splitlines()[0][:500]}
         if self.recorder.recorded:  # the latest recording, with the model's evidence
-            summary.update(diagnose(self.recorder).report_fields())
+            context = Context(horizon=self.horizon,
+                              earlier_reach=tuple(d.reach for _, d in self.history[-8:]))
+            summary.update(diagnose(self.recorder, context=context).report_fields())
         return summary
 
 
 def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str = "warn",
           flush_subnormals: bool = True, cell_state: bool = False,
-          name: str | None = None) -> Watch:
+          name: str | None = None, horizon: int | None = None) -> Watch:
     """Watch the gradient flow through time over your own training loop; writes the run
     directory `out` (`rnnscope report OUT` renders it). A context manager with
     `.log(**scalars)`; see `rnnscope.training.watch`.
@@ -144,9 +166,11 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     logged number holds NaN/inf. `flush_subnormals`: flush subnormal floats to zero on
     every thread while watching (on by default: vanishing gradients underflow into them
     and x86 CPUs process them many times slower). `cell_state`: record dL/dc_t too.
+    `horizon`: the steps back your task needs the gradient to carry (its longest
+    dependency); the diagnosis holds the reach against it (default: the sequence length).
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
-                 cell_state=cell_state, name=name)
+                 cell_state=cell_state, name=name, horizon=horizon)
 
 
 def _rank() -> int:

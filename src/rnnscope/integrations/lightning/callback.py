@@ -24,7 +24,8 @@ def flow_metrics(diagnosis: Diagnosis, prefix: str = "rnnscope/") -> dict[str, f
 
     <prefix>reach, rate, steps       as in `Diagnosis` (steps: the recorded sequence length)
     <prefix>verdict                  the verdict as a code: its index in VERDICTS,
-                                     0 vanishing, 1 exploding, 2 healthy, 3 nonfinite
+                                     0 vanishing, 1 exploding, 2 healthy, 3 nonfinite,
+                                     4 truncated, 5 stalled
     <prefix>verdict_<name>           1.0 for the verdict, 0.0 for the three others
     <prefix>norm_at_loss             ||dL/dh_t|| where the loss enters (best layer)
     <prefix>norm_at_first_step       ||dL/dh_t|| at the far end of the sequence

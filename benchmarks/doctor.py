@@ -1,0 +1,320 @@
+"""The doctor's exam: is `diagnose` right, and do its first fixes heal?
+
+Each case of benchmarks/doctor/cases.yaml is a training setup. Training establishes its
+label, never rnnscope's verdict: the case runs as written and under each intervention
+that applies (the cases file says which); what heals it says what was wrong:
+
+    solved as written          -> healthy
+    gated (LSTM, chrono) heals -> vanishing          full BPTT heals -> truncated
+    a larger rate heals        -> stalled            a tenth, clipped, heals -> exploding
+                                                     (nonfinite when it had NaN/inf)
+    only more steps heal, or nothing does -> healthy (the gradient is not what stops it)
+
+Then the verdict of rnnscope's diagnosis is judged at three points of the case's own
+run, re-computed from its run directory with today's `diagnose` (the flow and what the
+trainer knew then: horizon, window, update size, solved, earlier reach):
+
+    init     the first probe, on the initial weights
+    early    the first probe at or after step 50: the prediction `rnnscope diagnose
+             --predict` makes from a short run
+    end      the last probe, with the final evaluation's "solved"
+
+A verdict is right when it is one of the case's labels. For every verdict that is not
+healthy, its first fix (the flags it prints) is applied and the case trained again with
+the same budget: the fix heals when that run solves the task.
+
+    python benchmarks/doctor.py                # 45 cases, ~250 runs: an hour on 2 cores
+    python benchmarks/doctor.py --quick        # the subset `make test` runs
+    python benchmarks/doctor.py --json         # the numbers, machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rnnscope.files import read_yaml
+from rnnscope.flow.diagnosis import VERDICTS, Context, diagnose
+from rnnscope.flow.gradients import GradientFlow
+from rnnscope.rundir.directory import read_records
+from rnnscope.study.spec import study_from_dict
+from rnnscope.study.workers import run_study
+from rnnscope.training.config import SHORTHANDS, ExperimentConfig
+from timing import machine  # benchmarks/timing.py: run as a script
+
+CASES = Path(__file__).resolve().parent / "doctor" / "cases.yaml"
+EARLY = 50  # the step of the early judgement ("after a few dozen steps")
+POINTS = ("init", "early", "end")
+CAUSES = {"gated": ("vanishing",), "full": ("truncated",), "lr_up": ("stalled",),
+          "lr_base": ("stalled",), "lr_down": ("exploding", "nonfinite"),
+          "longer": ("healthy",)}
+
+
+@dataclass
+class Case:
+    name: str
+    settings: dict  # study-variant keys over the base
+    tried: tuple[str, ...] = ()  # the interventions to run (all that apply unless chosen)
+    labels: set[str] = field(default_factory=set)
+    primary: str = "healthy"
+    verdicts: dict[str, str] = field(default_factory=dict)  # point -> verdict
+    fixes: dict[str, dict] = field(default_factory=dict)  # point -> first fix's change
+    healed: dict[str, bool] = field(default_factory=dict)  # point -> the fix healed
+
+
+def load(path: Path, quick: bool) -> tuple[dict, list[Case]]:
+    """The base config and the cases; `quick`: the subset and the interventions the
+    cases file names for it (fewer runs, the same labelling)."""
+    data = read_yaml(path)
+    base, cases = data["base"], [Case(c.pop("name"), c) for c in data["cases"]]
+    every = (*INTERVENTIONS, "longer")
+    if not quick:
+        return base, [Case(c.name, c.settings, every) for c in cases]
+    chosen = data["quick"]["cases"]
+    return _merge(base, data["quick"]["base"]), [
+        Case(c.name, c.settings, ("baseline", *chosen[c.name])) for c in cases
+        if c.name in chosen]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
+
+
+def config_of(base: dict, settings: dict) -> ExperimentConfig:
+    """The experiment a case (or one of its variants) runs."""
+    study = study_from_dict({"base": base, "variants": [{"name": "x", **settings}]})
+    return study.runs[0].config
+
+
+INTERVENTIONS = ("baseline", "gated", "full", "lr_up", "lr_base", "lr_down")
+
+
+def interventions(base: dict, case: Case) -> dict[str, dict]:
+    """The variants that establish the case's label (see the module docstring), those
+    that apply to it and that it tries."""
+    config = config_of(base, case.settings)
+    horizon = config.task.build().reach_needed or config.task.settings.get("seq_len", 100)
+    chosen = {"baseline": {}}
+    if not (config.model.cell == "lstm" and config.init.scheme.startswith("chrono")):
+        chosen["gated"] = {"cell": "lstm", "init": f"chrono:{max(horizon, 3)}"}
+    if config.bptt.window is not None:
+        chosen["full"] = {"window": None}
+    chosen["lr_up"] = {"lr": config.optim.lr * 10}
+    standard = ExperimentConfig.from_dict(base).optim.lr  # the suite's own rate
+    if config.optim.lr * 10 < standard:
+        chosen["lr_base"] = {"lr": standard}
+    chosen["lr_down"] = {"lr": config.optim.lr / 10, "clip": "norm:1.0"}
+    return {kind: settings for kind, settings in chosen.items() if kind in case.tried}
+
+
+def longer(base: dict, case: Case) -> dict:
+    """The last resort, run only for a case nothing else healed: 3x the steps."""
+    return {"steps": config_of(base, case.settings).run.steps * 3}
+
+
+def run(name: str, base: dict, variants: list[dict], out: Path, workers: int):
+    """Train the variants as one study (resumable); rows by run name."""
+    study = study_from_dict({"name": name, "base": base, "variants": variants})
+    rows = run_study(study, out / name, workers=workers, on_result=lambda row, done, total:
+                     print(f"  [{done}/{total}] {row.name}: "
+                           f"{(row.result or {}).get('status', row.status)}", flush=True))
+    return {row.name: row for row in rows}
+
+
+def _solved(row) -> bool:
+    return bool(row and row.result and row.result.get("solved"))
+
+
+def label(case: Case, rows: dict) -> None:
+    """The case's labels from what healed it (see the module docstring)."""
+    outcomes = {kind: rows.get(f"{case.name}.{kind}") for kind in CAUSES | {"baseline": 0}}
+    solved = {kind: _solved(row) for kind, row in outcomes.items()}
+    baseline = outcomes["baseline"].result or {}
+    if solved["baseline"]:
+        case.labels, case.primary = {"healthy"}, "healthy"
+        return
+    diverged = baseline.get("status") == "diverged"
+    if diverged:  # training itself reached NaN/inf: whatever heals it, that was the problem
+        case.labels.update(("nonfinite", "exploding"))
+    for kind in ("full", "lr_up", "lr_base", "lr_down", "gated", "longer"):
+        if solved.get(kind):
+            case.labels.update(("nonfinite",) if kind == "lr_down" and diverged
+                               else CAUSES[kind])
+    order = ("truncated", "stalled", "nonfinite", "exploding", "vanishing", "healthy")
+    case.labels = case.labels or {"healthy"}
+    case.primary = next(v for v in order if v in case.labels)
+
+
+def judge(case: Case, run_dir: Path) -> None:
+    """The verdicts of today's `diagnose` at the three points of the baseline run."""
+    config_data = read_yaml(run_dir / "config.yaml")
+    config = ExperimentConfig.from_dict(config_data)
+    task = config.task.build()
+    lines = read_records(run_dir / "metrics.jsonl") or []
+    probes = [line for line in lines if line.get("kind") == "train" and "flow" in line]
+    evals = [line for line in lines if line.get("kind") == "eval"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not probes:
+        return
+    early = next((p for p in probes if p["step"] >= EARLY), probes[-1])
+    for point, probe in (("init", probes[0]), ("early", early), ("end", probes[-1])):
+        solved = summary.get("solved") if point == "end" else next(
+            (e["solved"] for e in reversed(evals) if e["step"] <= probe["step"]), None)
+        earlier = tuple(p["reach"] for p in probes if p["step"] < probe["step"]
+                        and isinstance(p.get("reach"), int))[-8:]
+        context = Context(horizon=task.reach_needed, window=config.bptt.window,
+                          solved=solved, update_ratio=probe.get("update_ratio"),
+                          earlier_reach=earlier)
+        diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
+                             current=config.as_flags(), context=context)
+        case.verdicts[point] = diagnosis.verdict
+        if diagnosis.verdict != "healthy" and diagnosis.fixes:
+            case.fixes[point] = diagnosis.fixes[0].change
+
+
+def flow_of(data: dict) -> GradientFlow:
+    """A probe line's flow as the `GradientFlow` the trainer diagnosed."""
+    norms = torch.tensor([[float("nan") if v is None else v for v in row]
+                          for row in data["norms"]], dtype=torch.float64)
+    aligned = data.get("steps_back")
+    return GradientFlow(norms, data["layers"], data.get("reverse") or [False] * len(norms),
+                        subnormal_fraction=data.get("subnormal_fraction", 0.0),
+                        underflow_fraction=data.get("underflow_fraction", 0.0),
+                        states=data.get("states") or [],
+                        aligned=None if aligned is None else torch.tensor(
+                            [[float("nan") if v is None else v for v in row]
+                             for row in aligned], dtype=torch.float64))
+
+
+def fix_variant(change: dict) -> dict:
+    """A fix's CLI flags as study-variant keys (bptt.window=none: full BPTT)."""
+    variant = {}
+    for flag, value in change.items():
+        key = SHORTHANDS.get(flag, flag)
+        variant[key] = None if value == "none" else value
+    return variant
+
+
+def score(cases: list[Case]) -> dict:
+    """Right verdicts per point, the confusion of primary label and verdict, precision and
+    recall per verdict, false alarms on cases that solve, and the first fixes that heal."""
+    result = {"cases": len(cases), "points": {}}
+    for point in POINTS:
+        judged = [c for c in cases if point in c.verdicts]
+        right = [c for c in judged if c.verdicts[point] in c.labels]
+        alarms = [c.name for c in judged if "healthy" in c.labels and c.primary == "healthy"
+                  and c.verdicts[point] in ("vanishing", "exploding")]
+        fixed = [c for c in judged if point in c.fixes]
+        healed = [c for c in fixed if c.healed.get(point)]
+        confusion = {truth: {v: sum(c.primary == truth and c.verdicts[point] == v
+                                    for c in judged) for v in VERDICTS} for truth in VERDICTS}
+        per_verdict = {}
+        for verdict in VERDICTS:
+            said = [c for c in judged if c.verdicts[point] == verdict]
+            truly = [c for c in judged if c.primary == verdict]
+            per_verdict[verdict] = {
+                "said": len(said), "precision": _share([c.verdicts[point] in c.labels
+                                                        for c in said]),
+                "cases": len(truly), "recall": _share([c.verdicts[point] in c.labels
+                                                       for c in truly])}
+        result["points"][point] = {
+            "judged": len(judged), "right": len(right), "accuracy": _share(
+                [c.verdicts[point] in c.labels for c in judged]),
+            "false_alarms": alarms, "fixes": len(fixed), "healed": len(healed),
+            "heal_share": _share([c.healed.get(point, False) for c in fixed]),
+            "confusion": confusion, "per_verdict": per_verdict,
+            "wrong": {c.name: f"{c.verdicts[point]} (labels {', '.join(sorted(c.labels))})"
+                      for c in judged if c.verdicts[point] not in c.labels}}
+    return result
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def print_tables(cases: list[Case], scores: dict) -> None:
+    print(machine())
+    width = max(len(c.name) for c in cases) + 2
+    print(f"\n{'case':{width}}{'labels':28}{'init':11}{'early':11}{'end':11}first fix healed")
+    for c in cases:
+        healed = " ".join(f"{p}:{'yes' if c.healed[p] else 'no'}" for p in POINTS
+                          if p in c.healed)
+        print(f"{c.name:{width}}{','.join(sorted(c.labels)):28}" + "".join(
+            f"{c.verdicts.get(p, '-'):11}" for p in POINTS) + healed)
+    for point in POINTS:
+        s = scores["points"][point]
+        share = s["heal_share"]
+        print(f"\n{point}: {s['right']}/{s['judged']} verdicts right ({s['accuracy']:.0%}); "
+              f"false alarms on cases that solve: {len(s['false_alarms'])}; first fixes "
+              f"healed {s['healed']}/{s['fixes']}" + (f" ({share:.0%})" if share else ""))
+        print(f"  {'verdict':11}{'said':>6}{'precision':>11}{'cases':>7}{'recall':>8}")
+        for verdict, row in s["per_verdict"].items():
+            print(f"  {verdict:11}{row['said']:>6}{_pct(row['precision']):>11}"
+                  f"{row['cases']:>7}{_pct(row['recall']):>8}")
+        print("  confusion (rows: primary label, columns: verdict): " + ", ".join(
+            f"{truth}->{{{', '.join(f'{v}: {n}' for v, n in row.items() if n)}}}"
+            for truth, row in s["confusion"].items() if any(row.values())))
+        for name, why in s["wrong"].items():
+            print(f"  wrong: {name}: {why}")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the subset make test runs")
+    parser.add_argument("--cases", type=Path, default=CASES)
+    parser.add_argument("--out", type=Path, default=Path("studies"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    base, cases = load(args.cases, args.quick)
+    name = "doctor-quick" if args.quick else "doctor"
+    variants = [{"name": f"{case.name}.{kind}", **case.settings, **settings}
+                for case in cases for kind, settings in interventions(base, case).items()]
+    rows = run(f"{name}-labels", base, variants, args.out, args.workers)
+    unsolved = [case for case in cases if "longer" in case.tried
+                and not _solved(rows.get(f"{case.name}.baseline"))]
+    if unsolved:  # the same study, grown by more steps for what did not solve as it is
+        variants += [{"name": f"{case.name}.longer", **case.settings, **longer(base, case)}
+                     for case in unsolved]
+        rows = run(f"{name}-labels", base, variants, args.out, args.workers)
+    for case in cases:
+        label(case, rows)
+        judge(case, args.out / f"{name}-labels" / "runs" / f"{case.name}.baseline")
+    # One run per distinct fix of a case: the points that give the same first fix share it.
+    runs = {}
+    for case in cases:
+        for point, change in case.fixes.items():
+            runs.setdefault((case.name, json.dumps(change, sort_keys=True)), (
+                f"{case.name}.{point}", {**case.settings, **fix_variant(change)}))
+    if runs:
+        fixed = run(f"{name}-fixes", base, [{"name": run_name, **settings} for run_name,
+                                            settings in runs.values()], args.out, args.workers)
+        for case in cases:
+            for point, change in case.fixes.items():
+                run_name, _ = runs[(case.name, json.dumps(change, sort_keys=True))]
+                case.healed[point] = _solved(fixed.get(run_name))
+    scores = score(cases)
+    if args.json:
+        print(json.dumps({"scores": scores, "cases": [
+            {"name": c.name, "labels": sorted(c.labels), "primary": c.primary,
+             "verdicts": c.verdicts, "fixes": c.fixes, "healed": c.healed} for c in cases]},
+            indent=2))
+    else:
+        print_tables(cases, scores)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
