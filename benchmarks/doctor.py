@@ -8,7 +8,8 @@ that applies (the cases file says which); what heals it says what was wrong:
     gated (LSTM, chrono) heals -> vanishing          full BPTT heals -> truncated
     a larger rate heals        -> stalled            a tenth, clipped, heals -> exploding
                                                      (nonfinite when it had NaN/inf)
-    only more steps heal, or nothing does -> healthy (the gradient is not what stops it)
+    only more steps heal                -> healthy (the gradient is not what stops it)
+    nothing heals                       -> no label: left out of the scores (shown)
 
 Then the verdict of rnnscope's diagnosis is judged at three points of the case's own
 run, re-computed from its run directory with today's `diagnose` (the flow and what the
@@ -43,6 +44,7 @@ from rnnscope.flow.diagnosis import VERDICTS, Context, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.rundir.directory import read_records
 from rnnscope.study.spec import study_from_dict
+from rnnscope.study.store import StudyStore
 from rnnscope.study.workers import run_study
 from rnnscope.training.config import SHORTHANDS, ExperimentConfig
 from timing import machine  # benchmarks/timing.py: run as a script
@@ -129,6 +131,17 @@ def run(name: str, base: dict, variants: list[dict], out: Path, workers: int):
     return {row.name: row for row in rows}
 
 
+def _done(directory: Path) -> list[str]:
+    """The runs a study directory holds done already (none when it is new)."""
+    if not (directory / "study.db").is_file():
+        return []
+    store = StudyStore(directory / "study.db", readonly=True)
+    try:
+        return [row.name for row in store.rows() if row.status == "done"]
+    finally:
+        store.close()
+
+
 def _solved(row) -> bool:
     return bool(row and row.result and row.result.get("solved"))
 
@@ -149,8 +162,8 @@ def label(case: Case, rows: dict) -> None:
             case.labels.update(("nonfinite",) if kind == "lr_down" and diverged
                                else CAUSES[kind])
     order = ("truncated", "stalled", "nonfinite", "exploding", "vanishing", "healthy")
-    case.labels = case.labels or {"healthy"}
-    case.primary = next(v for v in order if v in case.labels)
+    # Nothing healed it: no verdict can be shown right or wrong, so it is not scored.
+    case.primary = next((v for v in order if v in case.labels), "unlabelled")
 
 
 def judge(case: Case, run_dir: Path) -> None:
@@ -206,9 +219,10 @@ def fix_variant(change: dict) -> dict:
 def score(cases: list[Case]) -> dict:
     """Right verdicts per point, the confusion of primary label and verdict, precision and
     recall per verdict, false alarms on cases that solve, and the first fixes that heal."""
-    result = {"cases": len(cases), "points": {}}
+    result = {"cases": len(cases), "unlabelled": [c.name for c in cases if not c.labels],
+              "points": {}}
     for point in POINTS:
-        judged = [c for c in cases if point in c.verdicts]
+        judged = [c for c in cases if point in c.verdicts and c.labels]
         right = [c for c in judged if c.verdicts[point] in c.labels]
         alarms = [c.name for c in judged if "healthy" in c.labels and c.primary == "healthy"
                   and c.verdicts[point] in ("vanishing", "exploding")]
@@ -247,7 +261,8 @@ def print_tables(cases: list[Case], scores: dict) -> None:
     for c in cases:
         healed = " ".join(f"{p}:{'yes' if c.healed[p] else 'no'}" for p in POINTS
                           if p in c.healed)
-        print(f"{c.name:{width}}{','.join(sorted(c.labels)):28}" + "".join(
+        labels = ",".join(sorted(c.labels)) or "(nothing heals)"
+        print(f"{c.name:{width}}{labels:28}" + "".join(
             f"{c.verdicts.get(p, '-'):11}" for p in POINTS) + healed)
     for point in POINTS:
         s = scores["points"][point]
@@ -280,14 +295,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base, cases = load(args.cases, args.quick)
     name = "doctor-quick" if args.quick else "doctor"
-    variants = [{"name": f"{case.name}.{kind}", **case.settings, **settings}
-                for case in cases for kind, settings in interventions(base, case).items()]
+    # The labels in three rounds of one study (it grows; what is done stays done): every
+    # case as written; the interventions for those that did not solve; more steps for
+    # those nothing healed.
+    every = {f"{case.name}.{kind}": {"name": f"{case.name}.{kind}", **case.settings,
+                                      **settings}
+             for case in cases for kind, settings in interventions(base, case).items()}
+    every.update({f"{case.name}.longer": {"name": f"{case.name}.longer", **case.settings,
+                                          **longer(base, case)}
+                  for case in cases if "longer" in case.tried})
+    variants = [every[f"{case.name}.baseline"] for case in cases] + [
+        every[run_name] for run_name in _done(args.out / f"{name}-labels")
+        if run_name in every and not run_name.endswith(".baseline")]  # resumed: kept
     rows = run(f"{name}-labels", base, variants, args.out, args.workers)
-    unsolved = [case for case in cases if "longer" in case.tried
-                and not _solved(rows.get(f"{case.name}.baseline"))]
-    if unsolved:  # the same study, grown by more steps for what did not solve as it is
-        variants += [{"name": f"{case.name}.longer", **case.settings, **longer(base, case)}
-                     for case in unsolved]
+    unsolved = [case for case in cases if not _solved(rows.get(f"{case.name}.baseline"))]
+    variants += [every[f"{case.name}.{kind}"] for case in unsolved
+                 for kind in interventions(base, case) if kind != "baseline"
+                 and every[f"{case.name}.{kind}"] not in variants]
+    rows = run(f"{name}-labels", base, variants, args.out, args.workers)
+    unhealed = [case for case in unsolved if "longer" in case.tried and not any(
+        _solved(rows.get(f"{case.name}.{kind}")) for kind in interventions(base, case))]
+    if unhealed:
+        variants += [every[f"{case.name}.longer"] for case in unhealed
+                     if every[f"{case.name}.longer"] not in variants]
         rows = run(f"{name}-labels", base, variants, args.out, args.workers)
     for case in cases:
         label(case, rows)

@@ -40,7 +40,7 @@ def test_tensorboard_heatmap_of_a_resumed_run_keeps_the_earlier_probes(tmp_path)
     board = TensorBoardLog(tmp_path / "run", purge_step=5)  # as --resume from step 4
     try:
         assert [probe["step"] for probe in board.probes] == [1, 2, 4]
-        assert board.probes[0]["flow"]["layers"] == ["rnn.l0"]
+        assert board.probes[0]["flow"]["layers"] == ["rnn.l0", "rnn.l0/c"]  # an LSTM: h and c
     finally:
         board.close()
 

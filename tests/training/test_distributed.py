@@ -97,7 +97,7 @@ def test_torchrun_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=TOLERANCE)
         assert a["clipped"] == b["clipped"]
         flow_a, flow_b = torch.tensor(a["flow"]["norms"]), torch.tensor(b["flow"]["norms"])
-        assert flow_a.shape == (1, 20)
+        assert flow_a.shape == (2, 20)  # the LSTM's h and c rows
         torch.testing.assert_close(flow_a, flow_b, rtol=TOLERANCE, atol=1e-12)
         assert (a["verdict"], a["reach"]) == (b["verdict"], b["reach"])
     assert any(r["clipped"] for r in theirs)  # the threshold bites: the norm matters
@@ -284,7 +284,7 @@ def test_two_ranks_in_process(tmp_path):
         for got, want in zip(result["copy_states"], expected, strict=True):
             assert got["loss"] == pytest.approx(want["loss"], rel=TOLERANCE)
             assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=TOLERANCE)
-            assert got["flow"].shape == (1, 24)
+            assert got["flow"].shape == (2, 24)  # h and c
             torch.testing.assert_close(got["flow"], want["flow"], rtol=TOLERANCE, atol=1e-12)
             assert got["subnormal"] == want["subnormal"]
         assert_same_weights(result["copy_weights"], single.model.state_dict())

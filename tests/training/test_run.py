@@ -126,7 +126,7 @@ def test_metrics_lines_carry_the_probes(tmp_path):
     assert first["kind"] == "train" and first["step"] == 1
     assert first["grad_norms"]["grad_norm_total"] == pytest.approx(first["grad_norm"], rel=1e-5)
     assert "grad_norm/rnn.weight_hh_l1" in first["grad_norms"]
-    assert first["flow"]["layers"] == ["rnn.l0", "rnn.l1"]
+    assert first["flow"]["layers"] == ["rnn.l0", "rnn.l0/c", "rnn.l1", "rnn.l1/c"]
     assert len(first["flow"]["norms"][0]) == 12 and 0 <= first["flow"]["subnormal_fraction"] <= 1
     assert first["verdict"] in ("vanishing", "healthy", "exploding") and first["reach"] >= 1
     train = [line for line in lines if line["kind"] == "train"]

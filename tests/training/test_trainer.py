@@ -105,7 +105,9 @@ def test_probe_schedule_records_flow_for_every_layer_and_step():
     recorded = [s.step for s in states if s.flow is not None]
     assert recorded == [1, 2, 4]  # the first step, then every 2nd
     flow = states[0].flow
-    assert flow.norms.shape == (2, 12) and flow.layers == ["rnn.l0", "rnn.l1"]
+    # An LSTM: each layer has a row for dL/dh_t and one for its cell state dL/dc_t.
+    assert flow.norms.shape == (4, 12)
+    assert flow.layers == ["rnn.l0", "rnn.l0/c", "rnn.l1", "rnn.l1/c"]
     assert set(states[0].grads) == {n for n, _ in trainer.model.named_parameters()}
     assert states[2].grads == {}
 
@@ -116,7 +118,7 @@ def test_native_engine_records_the_flow_on_the_probe_schedule():
     assert isinstance(native.model.rnn, torch.nn.LSTM)  # torch's fused module
     native.model.load_state_dict(unrolled.model.state_dict())
     a, b = unrolled.train_step(), native.train_step()
-    assert b.flow is not None and b.flow.layers == ["rnn.l0"]
+    assert b.flow is not None and b.flow.layers == ["rnn.l0", "rnn.l0/c"]
     torch.testing.assert_close(b.flow.norms, a.flow.norms, rtol=1e-5, atol=1e-9)
     assert native.train_step().flow is not None  # step 2
     assert native.train_step().flow is None  # step 3: not on the schedule, fused kernels

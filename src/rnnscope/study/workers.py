@@ -157,7 +157,17 @@ def _run_all(todo: list[str], directory: Path, configs: dict[str, dict], workers
     before = set(multiprocessing.active_children())
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
                              initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
-        futures = [pool.submit(execute, str(directory), name, configs[name]) for name in todo]
+        # The workers start (here, on submit) with Ctrl-C ignored: a process still
+        # importing when it comes would otherwise die with a traceback before its
+        # initializer could ignore it. The study process takes Ctrl-C again after.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            futures = [pool.submit(execute, str(directory), name, configs[name])
+                       for name in todo]
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
         try:
             for future in as_completed(futures):
                 report(future.result())
