@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -37,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rnnscope.integrations.lightning import GradientFlowCallback
+from timing import machine  # benchmarks/timing.py: run as a script
 
 SEQ_LEN, BATCH, WARM_UP = 100, 32, 10
 CONFIGS = {"none": None, "every=10": 10, "every=1": 1}
@@ -143,6 +145,8 @@ def main() -> None:
                          statistics.median(split[True]) if split[True] else None,
                          statistics.median(split[False]) if split[False] else None))
 
+    print(machine())
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print(f"Lightning GradientFlowCallback: nn.LSTM(2, hidden), adding T={SEQ_LEN}, "
           f"batch {BATCH}, Adam; {batches} timed batches after {WARM_UP}, "
           f"{rounds} round(s), {torch.get_num_threads()} thread(s)")

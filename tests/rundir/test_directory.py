@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from rnnscope.rundir.directory import RunDirectory, all_finite, read_records
+from rnnscope.rundir.directory import BUFFER_LINES, RunDirectory, all_finite, read_records
 
 
 def test_a_metrics_file_cut_short_by_a_kill_is_read_up_to_the_cut(tmp_path):
@@ -34,6 +34,33 @@ def test_create_writes_the_config_and_refuses_a_directory_holding_a_run(tmp_path
     with pytest.raises(ValueError, match=r"holds no run to resume \(no config.yaml\)"):
         RunDirectory.existing(tmp_path / "nothing")
     assert RunDirectory.existing(tmp_path / "run").path == tmp_path / "run"
+
+
+def test_metrics_lines_are_written_in_batches_and_all_before_a_checkpoint(tmp_path):
+    run = RunDirectory.create(tmp_path / "run", {})
+
+    def on_disk() -> list[int]:
+        text = run.metrics_path.read_text() if run.metrics_path.exists() else ""
+        return [json.loads(line)["step"] for line in text.splitlines()]
+
+    for step in (1, 2, 3):
+        run.append({"kind": "train", "step": step})
+    assert on_disk() == []  # queued: one write for many steps
+    assert run.save_checkpoint("last", {"step": 3})
+    assert on_disk() == [1, 2, 3]  # a kill after the checkpoint loses none of its lines
+    run.append({"kind": "train", "step": 4})
+    assert not run.save_checkpoint("last", {"w": torch.tensor([math.nan])})
+    assert on_disk() == [1, 2, 3]  # no checkpoint written, nothing forced out
+    assert [record["step"] for record in run.read_metrics()] == [1, 2, 3, 4]
+    for step in range(5, 5 + BUFFER_LINES):
+        run.append({"kind": "train", "step": step})
+    assert on_disk() == list(range(1, 5 + BUFFER_LINES))  # the batch filled up
+    run.append({"kind": "eval", "step": 200})
+    run.write_summary({"steps": 200})
+    assert on_disk()[-1] == 200
+    run.append({"kind": "eval", "step": 201})
+    run.close()
+    assert on_disk()[-1] == 201
 
 
 def test_metrics_are_appended_line_by_line_and_cut_back_to_a_checkpoint(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import rnnscope
@@ -55,5 +56,36 @@ def test_tensorboard_heatmap_keeps_at_most_its_rows_evenly_spaced(tmp_path):
         assert len(steps) <= HEATMAP_ROWS and steps[0] == 1
         assert len({b - a for a, b in zip(steps[:-1], steps[1:], strict=True)}) == 1
         assert steps[-1] > 1000 - (steps[1] - steps[0])  # reaches the latest probes
+    finally:
+        board.close()
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e-6, 1.0, 1e19, 1e25])
+def test_histograms_have_the_buckets_of_tensorboards_own(tmp_path, scale):
+    """Binned by torch (searchsorted, not numpy's sort) into the very buckets, limits and
+    trimming of `add_histogram`'s default; values beyond its last bucket give none,
+    where `add_histogram` would raise."""
+    from torch.utils.tensorboard.summary import make_histogram
+
+    from rnnscope.rundir.tensorboard import TensorBoardLog, histogram_buckets
+
+    board = TensorBoardLog(tmp_path)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        values = torch.randn(4096, generator=generator) * scale + 3 * scale
+        if scale < 1e20:
+            values[::9] = 0.0
+            values[:2] = torch.tensor(board.writer.default_bins[:2])  # on bucket edges
+        buckets = histogram_buckets(values, board._edges)
+        if scale > 1e20:
+            assert buckets is None
+            with pytest.raises(ValueError, match="histogram is empty"):
+                make_histogram(values.double().numpy(), board.writer.default_bins)
+            return
+        expected = make_histogram(values.double().numpy(), board.writer.default_bins)
+        limits, counts, flat = buckets
+        assert limits == list(expected.bucket_limit) and counts == list(expected.bucket)
+        assert flat.numel() == expected.num
+        board.histogram("grad/w", values, 1)
     finally:
         board.close()

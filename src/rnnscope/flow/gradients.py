@@ -10,12 +10,13 @@ gradient of its state at that step for the rows of the batch that were live then
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from rnnscope.numerics import magnitude_bits, subnormal_count
+from rnnscope.numerics import magnitude_bits
 
 
 @dataclass
@@ -76,17 +77,16 @@ class GradientFlow:
 
 @dataclass
 class RowGradients:
-    """What a recording captured for one row: names and, per step, the gradient of the
-    state for the live rows of the batch (`grads[t]`: [rows_t, H], or None when backward
-    never reached that step) and where those rows sit in the caller's batch
-    (`positions[t]`: None for rows 0..rows_t - 1)."""
+    """What a recording captured for one row: the gradient of the state at every step,
+    `grads[t, b]` for row b of the caller's batch ([T, B, H]; zero where backward never
+    reached that step), and `live[t, b]`, whether row b of the batch ran step t (a packed
+    sequence shorter than the longest does not; its entries there are not read)."""
 
     name: str
     reverse: bool
     state: str
-    grads: list[Tensor | None]
-    sizes: list[int]  # live rows per step
-    positions: list[Tensor | None]
+    grads: Tensor
+    live: Tensor
 
 
 def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow:
@@ -96,8 +96,9 @@ def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow
     counts = {"nonfinite": 0, "subnormal": 0, "underflow": 0, "entries": 0}
     any_aligned = False
     for row in rows:
-        grads, live = _padded(row)
-        per_row = torch.linalg.vector_norm(grads.double(), dim=-1)  # [T, B]
+        grads, live = row.grads, row.live
+        # In float64: the norm of a vanishing float32 gradient would underflow in float32.
+        per_row = torch.linalg.vector_norm(grads, dim=-1, dtype=torch.float64)  # [T, B]
         per_row = per_row.masked_fill(~live, float("nan"))
         norms.append(per_row.nanmean(dim=1).cpu())
         ends = _ends(per_row, live, row.reverse)
@@ -115,30 +116,6 @@ def assemble(rows: list[RowGradients], per_sample: bool = False) -> GradientFlow
         counts["subnormal"] / entries if entries else 0.0,
         counts["underflow"] / entries if entries else 0.0,
         [row.state for row in rows], _stack(profiles) if any_aligned else None)
-
-
-def _padded(row: RowGradients) -> tuple[Tensor, Tensor]:
-    """[T, B, H] gradients (zero where a step was never reached) and the live mask [T, B],
-    rows in the caller's batch order."""
-    like = next((g for g in row.grads if g is not None), None)
-    batch = max(row.sizes)
-    if like is None:  # backward reached no step of this row: gradient zero everywhere
-        like = torch.zeros(1, 1)
-    device, dtype, width = like.device, like.dtype, like.shape[-1]
-    steps = len(row.grads)
-    if all(g is not None and p is None and s == batch for g, p, s in
-           zip(row.grads, row.positions, row.sizes, strict=True)):  # every step, every row
-        return (torch.stack(row.grads).reshape(steps, batch, width),
-                torch.ones(steps, batch, dtype=torch.bool, device=device))
-    grads = torch.zeros(steps, batch, width, dtype=dtype, device=device)
-    live = torch.zeros(steps, batch, dtype=torch.bool, device=device)
-    for t, (grad, size, where) in enumerate(zip(row.grads, row.sizes, row.positions,
-                                                strict=True)):
-        where = torch.arange(size, device=device) if where is None else where.to(device)
-        live[t, where] = True
-        if grad is not None:  # a step no loss depends on has gradient zero
-            grads[t, where] = grad.reshape(size, width).to(dtype)
-    return grads, live
 
 
 def _ends(norms: Tensor, live: Tensor, reverse: bool) -> Tensor:
@@ -169,18 +146,30 @@ def _by_steps_back(norms: Tensor, ends: Tensor, reverse: bool) -> tuple[Tensor, 
 def _count(grads: Tensor, live: Tensor, norms: Tensor, ends: Tensor, reverse: bool,
            counts: dict[str, int]) -> None:
     """Non-finite, subnormal and underflowed entries among those of live steps up to each
-    sequence's end (steps past it are padding)."""
+    sequence's end (steps past it are padding).
+
+    Read off the bits (with DAZ on, subnormals compare == 0 as floats), and only of the
+    vectors that can hold such entries: one whose smallest |entry| is normal holds no zero
+    or subnormal, and one whose norm is finite holds no NaN or inf. A healthy gradient
+    costs one more pass over [T, B, H] (the smallest |entry| of each vector), no more."""
     steps = torch.arange(grads.shape[0], device=grads.device).unsqueeze(1)
     counted = live if reverse else live & (steps <= ends.unsqueeze(0))
-    values = grads[counted]  # [N, H]
     finfo = torch.finfo(grads.dtype)
-    vanished = norms[counted] < finfo.tiny / finfo.eps  # the vector is down at rounding range
-    subnormal = int(subnormal_count(values))
-    zero = magnitude_bits(values)[0] == 0  # bits: with DAZ on, subnormals compare == 0
-    counts["nonfinite"] += int((~torch.isfinite(values)).sum())
-    counts["subnormal"] += subnormal
-    counts["underflow"] += subnormal + int((zero & vanished.unsqueeze(1)).sum())
-    counts["entries"] += values.numel()
+    smallest = torch.linalg.vector_norm(grads, -math.inf, dim=-1)  # min |g| of each vector
+    suspect = counted & ((smallest < finfo.tiny) | ~torch.isfinite(norms))
+    bits, tiny = magnitude_bits(grads[suspect])  # [N, H]
+    zero = bits == 0
+    vanished = norms[suspect] < finfo.tiny / finfo.eps  # the vector is down at rounding range
+    infinite = torch.tensor(math.inf, dtype=grads.dtype).view(bits.dtype).to(bits.device)
+    numbers = torch.stack([
+        torch.count_nonzero(zero), torch.count_nonzero(bits < tiny.to(bits.device)),
+        torch.count_nonzero(zero & vanished.unsqueeze(1)),
+        torch.count_nonzero(bits >= infinite), counted.sum()]).tolist()
+    zeros, below, vanished_zeros, nonfinite, vectors = numbers
+    counts["nonfinite"] += nonfinite
+    counts["subnormal"] += below - zeros
+    counts["underflow"] += below - zeros + vanished_zeros
+    counts["entries"] += vectors * grads.shape[-1]
 
 
 def _stack(rows: list[Tensor]) -> Tensor:

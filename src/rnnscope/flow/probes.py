@@ -31,7 +31,8 @@ NamedParameters = nn.Module | Iterable[tuple[str, Tensor]]
 class ProbeConfig:
     """The `probe` section: how often the trainer records the gradient flow through
     time (dL/dh_t for every layer and step; 0 = never). Recording costs about one
-    unrolled forward and backward pass, so long runs record every N steps."""
+    unrolled forward and backward pass (an LSTM: its fused kernel's with H more input
+    channels, models/fused.py), so long runs record every N steps."""
 
     every: int = 10
     histograms: bool = True  # gradient histograms to TensorBoard on the same schedule

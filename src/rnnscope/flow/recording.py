@@ -7,16 +7,19 @@
 
 What it follows inside the block, found anywhere in `model`:
 - fused layers (torch's `nn.RNN`/`nn.LSTM`/`nn.GRU`, projections included, and rnnscope's
-  `Recurrent`) run through the unrolled engine with their own parameters, a row per layer
-  and direction. A module called several times in one step (a decoder stepping) continues
-  its row when a call starts from the state the previous call returned; any other call
-  is a row of its own (`encoder#2`), so nothing is dropped;
+  `Recurrent`), a row per layer and direction. An `nn.LSTM` (and on a GPU an `nn.RNN`)
+  runs through torch's own kernel with the recurrence exposed (`models/fused.py`), the
+  others through the unrolled engine, all with their own parameters. A module called
+  several times in one step (a decoder stepping) continues its row when a call starts
+  from the state the previous call returned; any other call is a row of its own
+  (`encoder#2`), so nothing is dropped;
 - cells (`nn.RNNCell`, `nn.LSTMCell`, `nn.GRUCell`) run as they are: each call is the
   next step of that cell's row;
 - states marked with `rnnscope.mark(h, name)` in hand-written loops.
 
 Each state gets a tensor hook; in the backward pass the user already runs, autograd
-hands it the total dL/dh_t (through the next step and the layer above alike). Hooks only
+hands it the total dL/dh_t (through the next step and the layer above alike); a fused
+layer's dL/dh_t is the sum of three hooked gradients (`capture.FusedLayer`). Hooks only
 keep references; norms are computed once, when `rec.flow` is read: no second backward,
 no host sync per step. `every=N` counts training steps, i.e. backward passes: a step is
 the forward calls since the previous backward. Forward passes under `torch.no_grad()`
@@ -30,10 +33,12 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
-from rnnscope.checks import integer, text
+from rnnscope.checks import choice, integer, text
 from rnnscope.flow.capture import Capture
 from rnnscope.flow.gradients import GradientFlow, assemble
+from rnnscope.models import fused
 from rnnscope.models.cells import CELLS
 from rnnscope.models.recurrent import (
     cell_name,
@@ -45,16 +50,18 @@ from rnnscope.schedules import Every
 
 _ACTIVE: list[Recorder] = []  # the recorders inside their `with` block, innermost last
 _CELL_NAMES = {"LSTMCell": "lstm", "GRUCell": "gru"}
+ENGINES = ("auto", "fused", "unrolled")
 
 
 class Recorder:
     """The object `record` yields; see the module docstring."""
 
     def __init__(self, model: nn.Module, every: int = 1, per_sample: bool = False,
-                 cell_state: bool = False) -> None:
+                 cell_state: bool = False, engine: str = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         self.model, self.per_sample, self.cell_state = model, per_sample, bool(cell_state)
+        self.engine = choice("engine", engine, ENGINES)
         self.every = integer("every", every, 1)
         self.schedule = Every(every, first=True)
         self.layers = find_recurrent(model)
@@ -122,7 +129,15 @@ class Recorder:
     # what each kind of state does on a forward call
 
     def _fused(self, name: str, module: nn.Module, native):
-        states = 2 if self.cell_state and CELLS[cell_name(module)].has_cell_state else 1
+        cell = cell_name(module)
+        states = 2 if self.cell_state and CELLS[cell].has_cell_state else 1
+        # torch's own Elman and LSTM layers can be recorded through their fused kernels
+        # (models/fused.py); a GRU, rnnscope's Recurrent, and an LSTM with projections
+        # or packed input whose dL/dc_t is asked for run the unrolled engine.
+        kernels = fused.runs_fused(module, cell) and (
+            states == 1 or fused.follows_cells(module)) and (
+            self.engine == "fused" or self.engine == "auto" and fused.faster(module, cell))
+        directions = 2 if module.bidirectional else 1
 
         def forward(input, hx=None, **kwargs):
             state = kwargs.pop("state", hx)
@@ -132,8 +147,14 @@ class Recorder:
             if capture is None:
                 return self._watched(native(input, state, **kwargs))
             run = capture.occurrence(name, state, input)
-            output, final = run_unrolled(module, input, state, tap=capture.tap(
-                run, self.rank[name], states, input))
+            if kernels and _has_graph(module, input, state) and not (
+                    states == 2 and isinstance(input, PackedSequence)):
+                output, final = fused.run(CELLS[cell], module, input, state,
+                                          probe=capture.fused_tap(run, self.rank[name],
+                                                                  directions, states))
+            else:
+                output, final = run_unrolled(module, input, state, tap=capture.tap(
+                    run, self.rank[name], states, input))
             capture.returned(name, run, final)
             self._check_graph(name, final)
             return output, final
@@ -278,8 +299,17 @@ class Recorder:
         return None if capture is None else capture.inputs.get(name)
 
 
+def _has_graph(module: nn.Module, input, state) -> bool:
+    """Whether a forward of `module` builds a graph: a parameter, the input or the initial
+    state requires grad (else the unrolled engine runs, and the recorder warns)."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    given = state if isinstance(state, (tuple, list)) else (state,)
+    return any(p.requires_grad for p in module.parameters()) or any(
+        isinstance(t, Tensor) and t.requires_grad for t in (data, *given))
+
+
 def record(model: nn.Module, every: int = 1, per_sample: bool = False,
-           cell_state: bool = False) -> Recorder:
+           cell_state: bool = False, engine: str = "auto") -> Recorder:
     """Context manager capturing dL/dh_t for every recurrent state of `model`.
 
     `every=N` records the first training step (forward calls up to a backward pass) and
@@ -287,8 +317,14 @@ def record(model: nn.Module, every: int = 1, per_sample: bool = False,
     torch's fused kernels, so it can stay on for a whole training run.
     `per_sample=True` also keeps per-sample norms (`flow.per_sample`); `cell_state=True`
     adds a row of dL/dc_t for every LSTM layer and LSTMCell, the path its memory takes.
+    `engine` runs torch's nn.RNN and nn.LSTM layers while recorded: "fused" through
+    torch's own kernels with the recurrence exposed (`models/fused.py`), "unrolled" step by
+    step, "auto" (default) the faster of the two there (`fused.faster`). Both give the same
+    flow; a GRU, rnnscope's `Recurrent`, and with `cell_state=True` an LSTM with
+    projections or packed input run unrolled.
     """
-    return Recorder(model, every=every, per_sample=per_sample, cell_state=cell_state)
+    return Recorder(model, every=every, per_sample=per_sample, cell_state=cell_state,
+                    engine=engine)
 
 
 def mark(h: Tensor, name: str) -> Tensor:

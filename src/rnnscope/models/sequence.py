@@ -25,7 +25,7 @@ class ModelConfig:
     hidden: int = 128
     layers: int = 1
     # unrolled: rnnscope's cells, every step visible; native: torch's fused kernels,
-    # recorded (run unrolled) only on the probe schedule.
+    # recorded only on the probe schedule (record runs them as flow/recording.py says).
     engine: str = "unrolled"
     dropout: float = 0.0  # between stacked layers, in training mode only (as torch)
 

@@ -53,7 +53,7 @@ class Batch:
 def run(spec: CellSpec, module: nn.Module, input, state=None, *, tap: Tap | None = None):
     """`module(input, state)` run step by step: `(output, state)` as torch returns them."""
     reference = module.weight_ih_l0
-    batch = _batch(module, input, reference)
+    batch = batch_of(module, input, reference)
     sorted_indices = batch.packed.sorted_indices if batch.packed is not None else None
     initial = initial_state(spec, module, state, batch.active[0], batch.unbatched,
                             sorted_indices, reference)
@@ -61,7 +61,7 @@ def run(spec: CellSpec, module: nn.Module, input, state=None, *, tap: Tap | None
                                 packed=batch.packed is not None, training=module.training,
                                 tap=tap)
     final_state = tuple(torch.stack([f[i] for f in finals]) for i in range(len(initial)))
-    output, final_state = _as_torch_returns(batch, output, final_state)
+    output, final_state = as_torch_returns(batch, output, final_state)
     return output, (final_state if spec.has_cell_state else final_state[0])
 
 
@@ -141,7 +141,8 @@ def scan(spec: CellSpec, projected: Tensor, state: State, recurrence: Recurrence
     return (torch.cat(outputs) if packed else torch.stack(outputs)), state
 
 
-def _batch(module: nn.Module, input, reference: Tensor) -> Batch:
+def batch_of(module: nn.Module, input, reference: Tensor) -> Batch:
+    """`input` as the engines run it (time-major, batched), checked against `module`."""
     if isinstance(input, PackedSequence):
         # One host read per call, not per step: the schedule of live rows.
         active = input.batch_sizes.tolist()
@@ -159,7 +160,8 @@ def _batch(module: nn.Module, input, reference: Tensor) -> Batch:
     return Batch(data, active, packed, unbatched, bool(module.batch_first))
 
 
-def _as_torch_returns(batch: Batch, output: Tensor, final_state: State):
+def as_torch_returns(batch: Batch, output: Tensor, final_state: State):
+    """Time-major `output` and engine-order `final_state` in the form torch returns them."""
     if batch.packed is not None:
         packed = batch.packed
         if packed.unsorted_indices is not None:

@@ -14,6 +14,7 @@ come from the config too).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ _EPS = 1e-6  # clip_grad_norm_'s guard against dividing by a zero norm; kept for
 def register(name: str):
     def wrap(fn: Callable[..., ClipResult]) -> Callable[..., ClipResult]:
         CLIP_METHODS[name] = fn
+        _keywords.cache_clear()
         return fn
 
     return wrap
@@ -95,10 +97,11 @@ class ClipResult:
     threshold: Tensor  # the threshold applied (autoclip: the percentile; none: inf)
 
 
-def _keywords(method: str) -> list[inspect.Parameter]:
+@functools.cache  # inspect.signature costs more than the clipping of a small model
+def _keywords(method: str) -> tuple[inspect.Parameter, ...]:
     """A method's own arguments: the keyword-only ones, the first being its threshold."""
-    return [p for p in inspect.signature(CLIP_METHODS[method]).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return tuple(p for p in inspect.signature(CLIP_METHODS[method]).parameters.values()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def clip_grad(parameters: Tensor | Iterable[Tensor], method: str, **kw) -> ClipResult:

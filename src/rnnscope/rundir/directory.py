@@ -14,10 +14,12 @@ a half-written file that a reader or `--resume` could trust.
       metrics.damaged      only after a resume that found damaged lines in
                            metrics.jsonl: those lines, as they were (jsonlines.py)
 
-Checkpoints and JSON files are written to a temporary file and renamed into place;
-metrics lines are flushed one by one and cut back to the checkpoint on resume. A run
-directory is made new (or in an empty directory): rnnscope never writes among files it
-did not write.
+Checkpoints and JSON files are written to a temporary file and renamed into place.
+Metrics lines reach the file in batches (one write where a line a step would be one
+system call a step): every line is on disk before the next checkpoint is written, so a
+kill loses only lines after the last checkpoint, and a resume cuts back to it anyway. A
+run directory is made new (or in an empty directory): rnnscope never writes among files
+it did not write.
 
 Listeners write the stream as the trainer runs: `metrics.MetricsLog` (metrics.jsonl)
 and `tensorboard.TensorBoardLog` (the events).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -49,6 +52,9 @@ CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 # that meets a newer one knows the files may hold what it does not understand.
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
+# Metrics lines wait for at most this many lines or seconds (besides every checkpoint,
+# summary, read and close), so a file someone tails stays current.
+BUFFER_LINES, BUFFER_SECONDS = 100, 10.0
 
 
 class RunDirectory:
@@ -59,6 +65,8 @@ class RunDirectory:
         self.summary_path = self.path / SUMMARY
         self.checkpoint_dir = self.path / CHECKPOINTS
         self._metrics = None
+        self._pending: list[str] = []
+        self._written = time.monotonic()
 
     @classmethod
     def create(cls, path: str | Path, config: dict) -> RunDirectory:
@@ -101,13 +109,25 @@ class RunDirectory:
     # metrics.jsonl
 
     def append(self, record: dict) -> None:
-        try:
-            if self._metrics is None:
-                self._metrics = self.metrics_path.open("a", encoding="utf-8")
-            self._metrics.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-            self._metrics.flush()
-        except OSError as error:
-            raise WriteError.of("out", self.metrics_path, error) from None
+        """Queue a line of metrics.jsonl (see the module docstring for when it is written)."""
+        self._pending.append(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        if len(self._pending) >= BUFFER_LINES or \
+                time.monotonic() - self._written > BUFFER_SECONDS:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Write the queued lines to metrics.jsonl, in one write. A failed write is one
+        WriteError naming the file; its lines are not tried again."""
+        if self._pending:
+            lines, self._pending = "".join(self._pending), []
+            try:
+                if self._metrics is None:
+                    self._metrics = self.metrics_path.open("a", encoding="utf-8")
+                self._metrics.write(lines)
+                self._metrics.flush()
+            except OSError as error:
+                raise WriteError.of("out", self.metrics_path, error) from None
+        self._written = time.monotonic()
 
     def cut_metrics(self, after_step: int) -> str | None:
         """Drop the lines past `after_step` (written after the checkpoint a resume starts
@@ -128,6 +148,7 @@ class RunDirectory:
         return None if note is None else f"{note} (moved to {self.path / DAMAGED})"
 
     def read_metrics(self) -> list[dict]:
+        self.flush_metrics()
         return read_records(self.metrics_path) or []
 
     # checkpoints
@@ -137,6 +158,7 @@ class RunDirectory:
         it is not finite, so a resume never starts from a diverged state."""
         if not all_finite(state):
             return False
+        self.flush_metrics()  # every line up to the checkpoint's step is on disk first
         path = self.checkpoint_dir / f"{name}.pt"
         # Serialised in memory first: torch's own file writer reports a full disk as a
         # RuntimeError without the file's name or the reason.
@@ -166,15 +188,17 @@ class RunDirectory:
         return state
 
     def write_summary(self, summary: dict) -> None:
+        self.flush_metrics()
         try:
             write_json(self.summary_path, {"format": FORMAT, **summary})
         except OSError as error:
             raise WriteError.of("out", self.summary_path, error) from None
 
     def close(self) -> None:
+        self.flush_metrics()
         if self._metrics is not None:
             metrics, self._metrics = self._metrics, None
-            # A failed flush here was raised (and reported) by `append` already.
+            # A failed write was raised (and reported) by `flush_metrics` already.
             with contextlib.suppress(OSError):
                 metrics.close()
 

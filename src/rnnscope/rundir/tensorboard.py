@@ -1,19 +1,31 @@
-"""TensorBoard events in the run directory: a listener on the trainer's events."""
+"""TensorBoard events in the run directory: a listener on the trainer's events.
+
+What a training step pays for them is kept small: scalars are buffered and handed to the
+writer in batches (each event handed over alone wakes its writer thread, which then
+competes with the step for the interpreter), and gradient histograms are binned by torch
+rather than by numpy's sort (the same buckets as `add_histogram`'s default).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from rnnscope.figures.flow import flow_heatmap_figure, flow_profile_figure
 from rnnscope.files import WriteError
 from rnnscope.rundir.directory import METRICS, read_records
 
 HEATMAP_ROWS = 256  # probes drawn in TensorBoard's heat map, at most
+# Scalars wait in a buffer for at most this many events or seconds; on_eval, images and
+# close hand them over too. A kill loses at most these, which a resume writes again.
+BUFFER_EVENTS, BUFFER_SECONDS = 200, 10.0
 
 
 def _quiet_writer_thread_errors() -> None:
@@ -73,6 +85,9 @@ class TensorBoardLog:
             for line in read_records(Path(path) / METRICS) or []
             if line.get("kind") == "train" and "flow" in line and line["step"] < purge_step]
         self._seen, self._stride = 0, 1
+        self._pending: list[tuple[str, float, int]] = []
+        self._handed_over = time.monotonic()
+        self._edges = torch.tensor(self.writer.default_bins, dtype=torch.float64)
         earlier, self.probes = self.probes, []
         for probe in earlier:
             self._keep_probe(probe)
@@ -93,7 +108,27 @@ class TensorBoardLog:
     def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                self._pending.append((f"{prefix}/{key}", value, step))
+        if len(self._pending) >= BUFFER_EVENTS or \
+                time.monotonic() - self._handed_over > BUFFER_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered scalars to the writer (its thread writes them to disk)."""
+        for tag, value, step in self._pending:
+            self.writer.add_scalar(tag, value, step)
+        self._pending.clear()
+        self._handed_over = time.monotonic()
+
+    def histogram(self, tag: str, values: Tensor, step: int) -> None:
+        """`add_histogram(tag, values, step)` with its default buckets, binned by torch."""
+        buckets = histogram_buckets(values, self._edges)
+        if buckets is None:
+            return  # beyond the buckets: an exploding gradient the scalars already show
+        limits, counts, values = buckets
+        self.writer.add_histogram_raw(
+            tag, float(values.min()), float(values.max()), values.numel(),
+            float(values.sum()), float(torch.dot(values, values)), limits, counts, step)
 
     @_writing
     def probe(self, step: int, flow, diagnosis=None) -> None:
@@ -109,6 +144,7 @@ class TensorBoardLog:
     def images(self, step: int) -> None:
         """The latest flow profile and the heat map of every probe so far, as images at
         `step` (drawn on a schedule, not at every probe: a figure costs ~0.1 s)."""
+        self.flush()
         if self.latest is not None:
             self.writer.add_figure("flow/profile", flow_profile_figure(
                 self.latest["flow"], title=f"{self.title}, step {self.latest['step']}"),
@@ -126,7 +162,7 @@ class TensorBoardLog:
             self.probe(state.step, state.flow, state.diagnosis)
         for name, grad in state.grads.items():
             if torch.isfinite(grad).all():
-                self.writer.add_histogram(f"grad/{name}", grad, state.step)
+                self.histogram(f"grad/{name}", grad, state.step)
 
     @_writing
     def on_eval(self, evaluation) -> None:
@@ -143,4 +179,28 @@ class TensorBoardLog:
 
     @_writing
     def _close(self) -> None:
+        self.flush()
         self.writer.close()
+
+
+def histogram_buckets(values: Tensor, edges: Tensor
+                      ) -> tuple[list[float], list[int], Tensor] | None:
+    """The bucket limits and counts TensorBoard's `make_histogram` computes for `values`
+    over the bucket `edges` (numpy's histogram: [e_i, e_i+1), the last closed; values
+    outside ignored; then trimmed to the buckets that hold any, with an empty one on the
+    left), and `values` flattened in float64. None when no value lies within the edges
+    (|g| > 1e20 everywhere, where `add_histogram` raises)."""
+    values = values.detach().reshape(-1).to(torch.float64)
+    bucket = torch.searchsorted(edges, values, right=True) - 1
+    bucket = torch.where(values == edges[-1], len(edges) - 2, bucket)  # the closed end
+    inside = (bucket >= 0) & (bucket < len(edges) - 1)
+    counts = torch.bincount(bucket[inside], minlength=len(edges) - 1).numpy()
+    if not counts.any():
+        return None
+    limits = edges.numpy()
+    # From here on as make_histogram does it (tensorboard's summary.py), on the counts.
+    cumulative = np.cumsum(np.greater(counts, 0))
+    start, end = np.searchsorted(cumulative, [0, cumulative[-1] - 1], side="right")
+    start, end = int(start), int(end) + 1
+    counts = counts[start - 1 : end] if start > 0 else np.concatenate([[0], counts[:end]])
+    return limits[start : end + 1].tolist(), counts.tolist(), values

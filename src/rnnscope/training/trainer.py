@@ -203,7 +203,8 @@ class Trainer:
         state.param_norms = dict(zip(norms, torch.stack(list(norms.values())).tolist(),
                                      strict=True))
         if self.config.probe.histograms:
-            state.grads = {name: p.grad.detach().cpu() for name, p in
+            # Copies: on a CPU .cpu() would alias .grad, which clipping then scales in place.
+            state.grads = {name: p.grad.detach().to("cpu", copy=True) for name, p in
                            self.model.named_parameters() if p.grad is not None}
 
     def _diagnose(self, state: StepState) -> None:

@@ -63,7 +63,7 @@ class GradientFlowCallback(Callback):
     Schedule: the first training batch, then every `every`-th (1-based: batches
     `every`, `2*every`, ...; counted across epochs), as rnnscope's own trainer does
     with `--probe.every`. On a due batch `on_train_batch_start` enters
-    `rnnscope.record(pl_module)`, so the recurrent layers run unrolled for that
+    `rnnscope.record(pl_module)`, so the recurrent layers are recorded for that
     batch only; `on_train_batch_end` reads the flow after every backward pass of
     the batch, which works the same under automatic and manual optimisation. On
     any other batch the hooks compare one integer and the model runs torch's own
