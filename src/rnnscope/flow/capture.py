@@ -11,6 +11,7 @@ order they were first marked.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -114,7 +115,8 @@ class FusedLayer:
         self._add("recurrent", grad)
 
     def ran(self, output: Tensor, final: tuple[Tensor, ...], cells) -> None:
-        self._like, self._cells = final[0], cells  # [D, B, P]: shape, dtype, device
+        # [D, B, P]: shape, dtype, device; detached, so that the probe holds no graph
+        self._like, self._cells = final[0].detach(), cells
         parts = (("output", output), ("final", final[0]), ("final_c", final[-1]))
         for key, tensor in parts[: 3 if cells is not None else 2]:
             if tensor.requires_grad:
@@ -197,7 +199,9 @@ class Capture:
         self.inputs: dict[str, object] = {}  # the first input of each fused module
         self._rows: dict[tuple, Row] = {}
         self._runs: dict[str, int] = {}  # separate runs of each fused module so far
-        self._returned: dict[str, tuple[str, int, tuple[Tensor, ...]]] = {}
+        # Weak references: a state held here would hold its graph, and through the
+        # fused engine's nodes (which hold this capture) a cycle the collector cannot see.
+        self._returned: dict[str, tuple[str, int, tuple[weakref.ref, ...]]] = {}
         self._marks: dict[str, int] = {}
         self._on_backward = on_backward
 
@@ -235,7 +239,8 @@ class Capture:
 
     def returned(self, name: str, run: tuple[str, int], final) -> None:
         """The state a call returned, to recognise the call that continues from it."""
-        self._returned[name] = (*run, tuple(final) if isinstance(final, tuple) else (final,))
+        states = tuple(final) if isinstance(final, tuple) else (final,)
+        self._returned[name] = (*run, tuple(weakref.ref(state) for state in states))
 
     def tap(self, run: tuple[str, int], rank: int, states: int, input):
         """The engine's tap for one call: each layer and direction appends its steps to
@@ -292,13 +297,13 @@ class Capture:
         self.row((after, order, 0, 0, 0), name).append(tensor)
 
 
-def _same_state(hx, returned: tuple[Tensor, ...]) -> bool:
+def _same_state(hx, returned: tuple[weakref.ref, ...]) -> bool:
     """Whether a call's initial state is the very state an earlier call returned."""
     if hx is None:
         return False
     given = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-    return len(given) == len(returned) and all(a is b for a, b in zip(given, returned,
-                                                                       strict=True))
+    return len(given) == len(returned) and all(a is b() for a, b in zip(given, returned,
+                                                                         strict=True))
 
 
 def _padded(grads: list[Tensor | None], sizes: list[int],

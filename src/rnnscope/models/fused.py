@@ -136,10 +136,14 @@ def _layer(spec: CellSpec, module: nn.RNNBase, weights: list[LayerWeights], laye
             output, *final = _KERNELS[spec.name](augmented, state, *arguments, False)
     cells = None
     if spec.has_cell_state and batch.packed is None and weights[0].weight_hr is None:
+        # Detached: what the probe keeps must not hold the graph (a cycle through
+        # autograd's nodes that Python's collector cannot see would keep every step's).
+        kept_input, kept_output = layer_input.detach(), output.detach()
+        h0, c0 = (s.detach() for s in hx)
+
         def cells(direction: int) -> Cells:
-            return lstm_cells(weights[direction], layer_input, hx[0][direction],
-                              hx[1][direction], output[..., direction * width:
-                                                       (direction + 1) * width],
+            return lstm_cells(weights[direction], kept_input, h0[direction], c0[direction],
+                              kept_output[..., direction * width:(direction + 1) * width],
                               reverse=direction == 1)
     probe.ran(output, tuple(final), cells)
     return output, tuple(final)
