@@ -26,15 +26,15 @@ beside zeros in the other's. The GRU is not run this way: its reset gate multipl
 W_hn h_{t-1} + b_hn, which no input channel can reproduce.
 
 An LSTM's c_{t-1} never meets a matrix, so its dL/dc_t comes from dL/dh_t instead. The
-gates are recomputed from the layer's input and its outputs h_t in one matrix product
-(pre_t needs only x_t and h_{t-1}), c_t by its recurrence, and then, in the order the
-direction runs,
+forget and output gates are recomputed from the layer's input and its outputs h_t in one
+matrix product (pre_t needs only x_t and h_{t-1}), tanh c_t = h_t / o_t, and then, from
+the direction's last step back,
 
     dL/dc_t = dL/dh_t * o_t * (1 - tanh^2 c_t) + dL/dc_{t+1} * f_{t+1}
     dL/dc_T = dL/dh_T * o_T * (1 - tanh^2 c_T) + dL/dc_n
 
-two element-wise passes over the steps (`lstm_cells`; not for projections or packed input,
-where the unrolled engine runs).
+one fused multiply-add per step (`lstm_cells`, `cell_gradients`; not for projections or
+packed input, where the unrolled engine runs).
 
     run(module, input, state, probe)   torch's inputs and outputs, as `module(input, state)`
 """
@@ -67,7 +67,7 @@ class LayerProbe(Protocol):
     def ran(self, output: Tensor, final: State, cells: Callable[[int], Cells] | None) -> None:
         """The layer's output ([T, B, D * P], or packed data) and its final state (each
         [D, B, P], packed rows in sorted order), as soon as the kernel returns them; an
-        LSTM's `cells(direction)` recomputes its c_t, f_t and o_t (`lstm_cells`)."""
+        LSTM's `cells(direction)` recomputes what its dL/dc_t needs (`lstm_cells`)."""
 
 
 # probe(layer, batch) -> the LayerProbe of that layer; `batch` is the input as the engine runs
@@ -139,10 +139,10 @@ def _layer(spec: CellSpec, module: nn.RNNBase, weights: list[LayerWeights], laye
         # Detached: what the probe keeps must not hold the graph (a cycle through
         # autograd's nodes that Python's collector cannot see would keep every step's).
         kept_input, kept_output = layer_input.detach(), output.detach()
-        h0, c0 = (s.detach() for s in hx)
+        h0 = hx[0].detach()
 
         def cells(direction: int) -> Cells:
-            return lstm_cells(weights[direction], kept_input, h0[direction], c0[direction],
+            return lstm_cells(weights[direction], kept_input, h0[direction],
                               kept_output[..., direction * width:(direction + 1) * width],
                               reverse=direction == 1)
     probe.ran(output, tuple(final), cells)
@@ -150,48 +150,51 @@ def _layer(spec: CellSpec, module: nn.RNNBase, weights: list[LayerWeights], laye
 
 
 class Cells(NamedTuple):
-    """An LSTM direction's cell states and the gates dL/dc_t needs, each [T, B, P]."""
+    """What dL/dc_t needs of an LSTM direction, each [T, B, P]: the forget gate f_t and
+    dh_t/dc_t = o_t * (1 - tanh^2 c_t)."""
 
-    c: Tensor
     forget: Tensor
-    out: Tensor
+    slope: Tensor
 
 
 @torch.no_grad()
-def lstm_cells(weights: LayerWeights, layer_input: Tensor, h0: Tensor, c0: Tensor,
-               h: Tensor, reverse: bool) -> Cells:
-    """c_t, f_t and o_t of one LSTM direction from its time-major input [T, B, I], initial
-    state h0, c0 [B, P] and outputs h [T, B, P]: the gates in one matrix product over all
-    steps (h_{t-1} is known), c_t by its recurrence in the direction's order."""
+def lstm_cells(weights: LayerWeights, layer_input: Tensor, h0: Tensor, h: Tensor,
+               reverse: bool) -> Cells:
+    """f_t and o_t * (1 - tanh^2 c_t) of one LSTM direction from its time-major input
+    [T, B, I], initial h0 [B, P] and outputs h [T, B, P]: the forget and output gates in
+    one matrix product over all steps (h_{t-1} is known), and tanh c_t = h_t / o_t, so
+    that c_t itself is never needed (where o_t is 0, h_t is too and the slope is 0)."""
     h = h.detach()
     if reverse:
         previous = torch.cat([h[1:], h0.detach().unsqueeze(0)])
     else:
         previous = torch.cat([h0.detach().unsqueeze(0), h[:-1]])
-    pre = F.linear(layer_input.detach(), weights.weight_ih.detach()) + F.linear(
-        previous, weights.weight_hh.detach())
+    units = h.shape[-1]
+    gates = slice(units, 2 * units), slice(3 * units, 4 * units)  # f and o of i, f, g, o
+    both = torch.cat([weights.weight_ih, weights.weight_hh], dim=1).detach()
+    weight = torch.cat([both[gate] for gate in gates])
+    bias = None
     if weights.bias_ih is not None:
-        pre = pre + (weights.bias_ih + weights.bias_hh).detach()
-    i, f, g, o = pre.chunk(4, dim=-1)
-    f, o, written = f.sigmoid(), o.sigmoid(), i.sigmoid() * g.tanh()
-    c = torch.empty_like(written)
-    steps = range(len(c) - 1, -1, -1) if reverse else range(len(c))
-    before = c0.detach()
-    for t in steps:
-        before = c[t] = torch.addcmul(written[t], f[t], before)
-    return Cells(c, f, o)
+        summed = (weights.bias_ih + weights.bias_hh).detach()
+        bias = torch.cat([summed[gate] for gate in gates])
+    forget, out = F.linear(torch.cat([layer_input.detach(), previous], dim=-1), weight,
+                           bias).sigmoid_().chunk(2, dim=-1)
+    tanh_c = torch.where(out > 0, h / out, 0.0).clamp_(-1.0, 1.0)
+    return Cells(forget, out * (1 - tanh_c.square()))
 
 
 def cell_gradients(cells: Cells, dh: Tensor, dc_n: Tensor, reverse: bool) -> Tensor:
     """dL/dc_t [T, B, P] of one LSTM direction from its total dL/dh_t and dL/dc_n (see the
-    module docstring)."""
-    own = dh * cells.out * (1 - cells.c.tanh().square())
+    module docstring): one fused multiply-add per step, in the order opposite to the
+    direction's."""
+    own = dh * cells.slope
     dc = torch.empty_like(own)
-    steps = range(len(dc)) if reverse else range(len(dc) - 1, -1, -1)
-    carry = dc_n
-    for t in steps:
-        dc[t] = own[t] + carry
-        carry = dc[t] * cells.forget[t]
+    steps = len(dc)
+    last = 0 if reverse else steps - 1  # the direction's last step: c_n's
+    torch.add(own[last], dc_n, out=dc[last])
+    for t in (range(1, steps) if reverse else range(steps - 2, -1, -1)):
+        after = t - 1 if reverse else t + 1  # the step c_t feeds
+        torch.addcmul(own[t], dc[after], cells.forget[after], out=dc[t])
     return dc
 
 
