@@ -132,9 +132,15 @@ def run(name: str, base: dict, variants: list[dict], out: Path, workers: int):
     return {row.name: row for row in rows}
 
 
-def _done(directory: Path) -> list[str]:
-    """The runs a study directory holds done already (none when it is new)."""
-    return list(_rows(directory))
+def _stored(directory: Path) -> list[str]:
+    """The runs a study directory holds already, done or not (none when it is new)."""
+    if not (directory / "study.db").is_file():
+        return []
+    store = StudyStore(directory / "study.db", readonly=True)
+    try:
+        return [row.name for row in store.rows()]
+    finally:
+        store.close()
 
 
 def _solved(row) -> bool:
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                                           **longer(base, case)}
                   for case in cases if "longer" in case.tried})
     variants = [every[f"{case.name}.baseline"] for case in cases] + [
-        every[run_name] for run_name in _done(args.out / f"{name}-labels")
+        every[run_name] for run_name in _stored(args.out / f"{name}-labels")
         if run_name in every and not run_name.endswith(".baseline")]  # resumed: kept
     rows = run(f"{name}-labels", base, variants, args.out, args.workers)
     unsolved = [case for case in cases if not _solved(rows.get(f"{case.name}.baseline"))]
