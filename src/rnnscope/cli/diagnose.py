@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     context = Context(horizon=task.reach_needed, window=config.bptt.window)
     if args.predict:
         run = short_run(config, integer("--predict-steps", args.predict_steps, 1))
-        model.load_state_dict(run.weights)
+        if run.weights is not None:  # None: it diverged at once; the initial weights tell
+            model.load_state_dict(run.weights)
         context = run.context
 
     flush_denormal(True)  # see DESIGN.md: subnormals make CPU steps 10x slower

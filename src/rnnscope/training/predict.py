@@ -28,7 +28,9 @@ PREDICT_STEPS = 50  # "a few dozen steps": gates start to learn, a collapse show
 
 @dataclass
 class ShortRun:
-    weights: dict  # the model's state_dict after the run
+    # the model's state_dict after the run; None when it diverged before any finite
+    # checkpoint (the initial weights stand, and the diagnosis sees why)
+    weights: dict | None
     context: Context  # what the run tells the diagnosis
 
 
@@ -41,8 +43,9 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
             "eval_every": steps, "checkpoint_every": 0},
             "probe": {"every": max(1, steps // 5), "histograms": False}})
         result = train(short)
-        weights = torch.load(Path(scratch) / "run" / "checkpoints" / "last.pt",
-                             map_location="cpu", weights_only=True)["model"]
+        last = Path(scratch) / "run" / "checkpoints" / "last.pt"
+        weights = torch.load(last, map_location="cpu", weights_only=True)["model"] \
+            if last.is_file() else None
         lines = read_records(Path(scratch) / "run" / METRICS) or []
     probes = [line for line in lines if "flow" in line and isinstance(line.get("reach"), int)]
     updates = [line["update_ratio"] for line in probes if line.get("update_ratio")]
