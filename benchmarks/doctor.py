@@ -24,8 +24,8 @@ A verdict is right when it is one of the case's labels. For every verdict that i
 healthy, its first fix (the flags it prints) is applied and the case trained again with
 the same budget: the fix heals when that run solves the task.
 
-    python benchmarks/doctor.py                # 45 cases, ~250 runs: an hour on 2 cores
-    python benchmarks/doctor.py --quick        # the subset `make test` runs
+    python benchmarks/doctor.py                # 35 cases, ~160 runs: ~3 hours on 2 cores
+    python benchmarks/doctor.py --quick        # the cases file's quick subset (~15 min)
     python benchmarks/doctor.py --json         # the numbers, machine-readable
     python benchmarks/doctor.py --no-run       # score what --out holds so far
 """
@@ -291,7 +291,9 @@ def _pct(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the subset make test runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="the cases file's quick subset: smaller, shorter, only the "
+                             "interventions it names")
     parser.add_argument("--cases", type=Path, default=CASES)
     parser.add_argument("--out", type=Path, default=Path("studies"))
     parser.add_argument("--workers", type=int, default=2)
