@@ -43,7 +43,7 @@ from rnnscope.numerics import flush_denormal
 from rnnscope.tasks import get_task
 from rnnscope.training.config import ExperimentConfig
 from rnnscope.training.trainer import Trainer
-from timing import machine  # benchmarks/timing.py: run as a script
+from timing import machine, median_time  # benchmarks/timing.py: run as a script
 
 BATCH = 64
 TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
@@ -62,13 +62,7 @@ def subnormal_penalty(size: int = 256, repeats: int = 5) -> dict[str, float]:
     weights = torch.full((size, size), 0.5)
 
     def seconds(work) -> float:
-        work()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+        return median_time(work, repeats)
 
     return {
         "matmul": seconds(lambda: subnormal @ weights) / seconds(lambda: normal @ weights),
