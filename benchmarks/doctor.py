@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,7 @@ def judge(case: Case, run_dir: Path) -> None:
         updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]
                    and isinstance(p.get("update_ratio"), float)]
         context = Context(horizon=task.reach_needed, window=config.bptt.window,
+                          nearest=task.nearest_dependency,
                           solved=solved, update_ratio=probe.get("update_ratio"),
                           earlier_reach=earlier, largest_update=max(updates, default=None))
         diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
@@ -334,20 +336,31 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         label(case, rows)
         judge(case, args.out / f"{name}-labels" / "runs" / f"{case.name}.baseline")
-    # One run per distinct fix of a case: the points that give the same first fix share it.
-    runs = {}
-    for case in cases:
-        for point, change in case.fixes.items():
-            runs.setdefault((case.name, json.dumps(change, sort_keys=True)), (
-                f"{case.name}.{point}", {**case.settings, **fix_variant(change)}))
+    # One run per distinct fix of a case, named by its flags: the points that give the
+    # same first fix share it, and a fix the rules no longer give stays, unused.
+    runs = {fix_name(case, change): {**case.settings, **fix_variant(change)}
+            for case in cases for change in case.fixes.values()}
     if runs:
-        fixed = run(f"{name}-fixes", base, [{"name": run_name, **settings} for run_name,
-                                            settings in runs.values()], args.out, args.workers)
+        # The variants run so far, kept in a file beside the study: a study may grow, but
+        # never lose a run it holds.
+        declared = args.out / f"{name}-fixes.json"
+        every_fix = json.loads(declared.read_text()) if declared.is_file() else {}
+        every_fix.update(runs)
+        args.out.mkdir(parents=True, exist_ok=True)
+        declared.write_text(json.dumps(every_fix, indent=1))
+        fixed = run(f"{name}-fixes", base, [{"name": run_name, **settings} for
+                                            run_name, settings in every_fix.items()],
+                    args.out, args.workers)
         for case in cases:
             for point, change in case.fixes.items():
-                run_name, _ = runs[(case.name, json.dumps(change, sort_keys=True))]
-                case.healed[point] = _solved(fixed.get(run_name))
+                case.healed[point] = _solved(fixed.get(fix_name(case, change)))
     return report(cases, args.json)
+
+
+def fix_name(case: Case, change: dict) -> str:
+    """The fixes study's run of a case's first fix: the case and the fix's flags."""
+    flags = "_".join(f"{flag}-{value}" for flag, value in sorted(change.items()))
+    return f"{case.name}.fix-{re.sub(r'[^A-Za-z0-9.+-]+', '-', flags)}"
 
 
 def report(cases: list[Case], as_json: bool) -> int:
@@ -382,8 +395,8 @@ def held(base: dict, cases: list[Case], labels: Path, fixes: Path) -> list[Case]
                 continue
         label(case, rows)
         judge(case, labels / "runs" / f"{case.name}.baseline")
-        for point in list(case.fixes):
-            row = fixed.get(f"{case.name}.{point}")
+        for point, change in list(case.fixes.items()):
+            row = fixed.get(fix_name(case, change))
             if row is None:
                 del case.fixes[point]
             else:

@@ -105,7 +105,7 @@ def test_the_script_labels_judges_and_scores_a_small_suite(tmp_path):
         "quick:\n  base: {}\n  cases: {noise: [lr_up], cut: [full]}\n"
         "cases:\n"
         "  - {name: noise, task.name: noise, seq_len: 6, cell: lstm}\n"
-        "  - {name: cut, task.name: adding, seq_len: 8, cell: lstm, window: 2}\n")
+        "  - {name: cut, task.name: temporal_order, seq_len: 10, cell: lstm, window: 2}\n")
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "doctor.py"), "--quick", "--json", "--cases",
          str(cases), "--out", str(tmp_path / "out"), "--workers", "1"],
@@ -116,7 +116,8 @@ def test_the_script_labels_judges_and_scores_a_small_suite(tmp_path):
     assert set(by_name) == {"noise", "cut"}
     for case in by_name.values():
         assert set(case["verdicts"]) == {"init", "early", "end"}
-    # The cut LSTM is told its window (2) is shorter than the adding problem's horizon.
+    # The cut LSTM is told its window (2) is shorter than temporal order's nearest
+    # dependency (L=10: 5 steps back), so no window holds one.
     assert by_name["cut"]["verdicts"]["init"] == "truncated"
     # 20 steps solve neither; each ran its baseline and its named intervention.
     runs = sorted(p.name for p in (tmp_path / "out" / "doctor-quick-labels" / "runs").iterdir()

@@ -26,9 +26,11 @@ def flow_from_profile(by_steps_back: list[float] | torch.Tensor) -> GradientFlow
 def test_geometric_decay_gives_exact_reach_and_rate(factor):
     steps = 400
     flow = flow_from_profile([factor**s for s in range(steps)])
-    result = diagnose(flow)
+    result = diagnose(flow, context=Context(earlier_reach=(steps,)))  # in training
     assert result.verdict == "vanishing"
     assert result.reach == math.ceil(math.log(REACH_THRESHOLD) / math.log(factor) - 1e-9)
+    # Before training every cell is read down to 1e-6 of the peak: 0.97^400 = 10^-5.3.
+    assert diagnose(flow).verdict == ("healthy" if factor == 0.97 else "vanishing")
     assert result.rate == pytest.approx(factor, rel=1e-9)
     assert result.steps == steps
 
@@ -38,7 +40,12 @@ def test_growth_back_in_time_is_exploding():
     assert result.verdict == "exploding"
     assert result.rate == pytest.approx(1.1, rel=1e-9)
     assert result.evidence["growth"] == pytest.approx(1.1**99, rel=1e-9)
-    assert result.fixes[0].change == {"clip": "norm:1"}  # no parameter norm known: default
+    # A tenth of the rate, clipped, first (the suite: clipping alone healed no SGD run
+    # whose gradient grew); then clipping at the norm without the growth (none known: 1).
+    assert result.fixes[0].change == {"lr": "<a tenth of the current>", "clip": "norm:1.0"}
+    assert result.fixes[1].change == {"clip": "norm:1"}
+    assert diagnose(flow_from_profile([1.1**s for s in range(100)]), lr=0.5).fixes[0].change \
+        == {"lr": "0.05", "clip": "norm:1.0"}
 
 
 def test_flat_profile_is_healthy_and_needs_no_fix():
@@ -106,9 +113,11 @@ def test_updates_too_small_to_move_the_weights_are_stalled_not_vanishing():
     flow = flow_from_profile([0.8**s for s in range(100)])
     result = diagnose(flow, lr=1e-6, context=Context(horizon=100, update_ratio=1e-6))
     assert result.verdict == "stalled" and result.evidence["update_ratio"] == 1e-6
-    assert result.fixes[0].change == {"lr": "0.01"}  # 10^4x: updates up to ~3e-3 (capped)
-    assert diagnose(flow, lr=1e-6, context=Context(update_ratio=2e-5)).fixes[0].change == \
-        {"lr": "0.001"}  # 150x: the next power of ten, 1000x
+    assert result.fixes[0].change == {"lr": "0.01"}  # 10^4x: updates up to ~3e-2 (capped)
+    assert diagnose(flow, lr=1e-6, context=Context(update_ratio=5e-5)).fixes[0].change == \
+        {"lr": "0.001"}  # 600x: the next power of ten, 1000x
+    assert diagnose(flow, lr=1e-6, context=Context(update_ratio=9e-5)).fixes[0].change == \
+        {"lr": "0.001"}  # 333x: 1000x
     assert diagnose(flow, context=Context(update_ratio=1e-3)).verdict == "vanishing"
 
 
@@ -120,6 +129,89 @@ def test_a_window_shorter_than_the_horizon_is_truncated_and_full_bptt_comes_firs
                                                    {"bptt.window": "90"}]
     assert "full BPTT" in result.fixes[0].code
     assert diagnose(flow, horizon=20, window=25).verdict == "healthy"  # reach 66 >= 20
+
+
+def test_a_gated_cell_is_read_down_to_a_faint_gradient():
+    """Gates learn from a gradient of 1e-6 of its peak at the horizon (the suite: LSTMs
+    with 10^-5.8 .. 10^-3.5 learnt, those with 10^-6.6 and less did not); an Elman RNN is
+    held to 1e-3."""
+    def at_horizon(log10: float) -> GradientFlow:  # the norm falls to 10^log10 at step 30
+        return flow_from_profile([10 ** (log10 * s / 29) for s in range(30)])
+
+    lstm = diagnose(at_horizon(-5.5), current={"cell": "lstm"}, horizon=30)
+    assert lstm.verdict == "healthy" and lstm.evidence["reach_faint"] == 30
+    assert lstm.reach == 16  # at 1e-3: 10^(-5.5 s / 29) < 1e-3 from s = 16
+    assert diagnose(at_horizon(-5.5), current={"cell": "gru"}, horizon=30).verdict == "healthy"
+    faint = diagnose(at_horizon(-7.0), current={"cell": "lstm"}, horizon=30)
+    assert faint.verdict == "vanishing" and faint.evidence["reach_faint"] == 25  # s > 24.9
+    tanh = diagnose(at_horizon(-5.5), current={"cell": "rnn_tanh"},
+                    context=Context(horizon=30, earlier_reach=(30, 30, 30)))
+    assert tanh.verdict == "vanishing" and "reach_faint" not in tanh.evidence
+
+
+def test_a_run_whose_updates_never_moved_the_weights_is_stalled():
+    """Stalled reads the largest update so far: 2e-4 of the weights' norm throughout is
+    stalled; 2e-4 now after 5e-2 at first is a run that moved and slowed down."""
+    flow = flow_from_profile([0.8**s for s in range(100)])
+    stalled = diagnose(flow, lr=1e-5, context=Context(horizon=100, update_ratio=2e-4,
+                                                      largest_update=1e-4))
+    assert stalled.verdict == "stalled"
+    assert stalled.fixes[0].change == {"lr": "0.01"}  # 2e-4 -> 3e-2: 150x, so 1000x
+    moved = diagnose(flow, context=Context(horizon=100, update_ratio=2e-4,
+                                           largest_update=5e-2))
+    assert moved.verdict == "vanishing"
+
+
+def test_a_window_that_holds_the_nearest_dependency_is_read_by_its_rate():
+    """Adding with windows of 10: the second marked number may sit inside a window, so the
+    weights learn there; the state must carry the rest, and the rate within the window
+    says whether it can (0.977 per step: 0.977^100 = 0.097 of the peak at the horizon)."""
+    cut = [0.977**s if s < 10 else 0.0 for s in range(100)]  # zero beyond the cut
+    result = diagnose(flow_from_profile(cut), context=Context(horizon=100, window=10,
+                                                              nearest=1))
+    assert result.verdict == "healthy"
+    assert result.evidence["extrapolated_at_horizon"] == pytest.approx(
+        math.exp(100 * math.log(0.977)), rel=1e-6)
+    fast = [0.7**s if s < 10 else 0.0 for s in range(100)]  # 0.7^100: nothing left
+    assert diagnose(flow_from_profile(fast), context=Context(
+        horizon=100, window=10, nearest=1)).verdict == "vanishing"
+    # Temporal order, L=100: its nearest dependency is 41 steps back; no window of 20
+    # holds one, whatever the rate, and neither does any window when it is not known.
+    for nearest in (41, None):
+        assert diagnose(flow_from_profile(cut), context=Context(
+            horizon=90, window=20, nearest=nearest)).verdict == "truncated"
+    # A gradient that dies inside the window: no rate to extrapolate.
+    dying = [0.977**s if s < 5 else 1e-9 for s in range(10)] + [0.0] * 90
+    assert diagnose(flow_from_profile(dying), context=Context(
+        horizon=100, window=10, nearest=1)).verdict == "vanishing"
+
+
+def test_an_elman_rnn_is_held_to_its_shortest_recent_reach():
+    """An Elman RNN's reach swings between recordings (the suite: 12, 100, 100, then 3);
+    it is held to the shortest of the last three. A gated cell is not."""
+    full = flow_from_profile([1.0] * 100)  # reach 100 now
+    tanh = diagnose(full, current={"cell": "rnn_tanh"},
+                    context=Context(horizon=100, earlier_reach=(40, 12, 100)))
+    assert tanh.verdict == "vanishing" and tanh.evidence["reach_recent_min"] == 12
+    assert diagnose(full, current={"cell": "rnn_tanh"}, context=Context(
+        horizon=100, earlier_reach=(12, 100, 100))).verdict == "healthy"  # 12 is 3 back
+    assert diagnose(full, current={"cell": "lstm"}, context=Context(
+        horizon=100, earlier_reach=(40, 12, 100))).verdict == "healthy"
+    assert diagnose(full, current={"cell": "rnn_relu"}).verdict == "healthy"  # no history
+
+
+def test_a_gated_cell_whose_reach_keeps_growing_is_healthy():
+    """A GRU at T=100 reached 15, 25, 76 steps at steps 1, 25, 50 and went on to solve:
+    its gates are learning to hold the state. Falling or flat, or an Elman RNN: vanishing."""
+    short = flow_from_profile([1.0] * 76 + [1e-9] * 24)  # reach 76 of 100, faint too
+    gru = diagnose(short, current={"cell": "gru"},
+                   context=Context(horizon=100, earlier_reach=(3, 15, 25)))
+    assert gru.verdict == "healthy" and gru.evidence["reach_trend"] == "15 -> 25 -> 76"
+    for earlier in ((42, 76), (40, 30), (76,), ()):  # < twice, falls, too short, none
+        assert diagnose(short, current={"cell": "lstm"}, context=Context(
+            horizon=100, earlier_reach=earlier)).verdict == "vanishing", earlier
+    assert diagnose(short, current={"cell": "rnn_tanh"}, context=Context(
+        horizon=100, earlier_reach=(15, 25))).verdict == "vanishing"
 
 
 def test_an_lstm_cell_state_that_carries_the_gradient_counts_for_the_reach():

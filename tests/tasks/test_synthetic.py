@@ -222,3 +222,26 @@ def test_tasks_train_a_sequence_model(name, engine):
     assert any(bool((g != 0).any()) for g in grads)
     metric = task.metric(output.detach(), target)
     assert metric.shape == () and bool(torch.isfinite(metric))
+
+
+@pytest.mark.parametrize("name, seq_len", [("adding", 20), ("adding", 7),
+                                           ("temporal_order", 100), ("temporal_order", 37)])
+def test_the_dependencies_a_task_says_it_has_are_those_of_its_data(name, seq_len):
+    """reach_needed is the longest span from a relevant step to the loss (the gradient must
+    reach that many steps back, the loss's own step counted), nearest_dependency the
+    shortest span of the latest relevant step, over many drawn sequences."""
+    task = get_task(name, seq_len=seq_len)
+    inputs, _ = task.batch(4000, torch.Generator().manual_seed(0))
+    relevant = inputs[..., 1] > 0 if name == "adding" else inputs[..., :2].sum(-1) > 0
+    steps = torch.arange(seq_len).unsqueeze(1).expand_as(relevant)
+    first = torch.where(relevant, steps, seq_len).min(dim=0).values
+    last = torch.where(relevant, steps, -1).max(dim=0).values
+    assert task.reach_needed == int((seq_len - first).max())
+    assert task.nearest_dependency == int((seq_len - last).min())
+
+
+def test_copy_and_noise_dependencies():
+    copy = get_task("copy", seq_len=10)
+    assert copy.reach_needed == copy.nearest_dependency == 20  # each symbol T+10 back
+    noise = get_task("noise", seq_len=6)
+    assert noise.reach_needed == noise.nearest_dependency == 1

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("predict: trains from the initial weights; drop --checkpoint")
     if args.checkpoint is not None:
         _load_checkpoint(model, args.checkpoint)
-    context = Context(horizon=task.reach_needed, window=config.bptt.window)
+    context = Context(horizon=task.reach_needed, window=config.bptt.window,
+                      nearest=task.nearest_dependency)
     if args.predict:
         run = short_run(config, integer("--predict-steps", args.predict_steps, 1))
         if run.weights is not None:  # None: it diverged at once; the initial weights tell

@@ -32,8 +32,9 @@ class ProfileStats:
         return self.peak / self.at_loss if self.at_loss > 0 else math.inf
 
 
-def profile_stats(profile: Tensor) -> ProfileStats:
-    """Reach, rate and growth of one row of norms indexed by steps back (NaN: no step)."""
+def profile_stats(profile: Tensor, threshold: float = REACH_THRESHOLD) -> ProfileStats:
+    """Reach, rate and growth of one row of norms indexed by steps back (NaN: no step);
+    the reach counts the steps back until the norm falls below `threshold` of its peak."""
     values = profile[~torch.isnan(profile)].double()
     length = len(values)
     if length == 0:
@@ -44,7 +45,7 @@ def profile_stats(profile: Tensor) -> ProfileStats:
     if peak <= 0.0:
         return ProfileStats(0, 0.0, 0.0, at_loss, at_first, length)
     steps_back = torch.arange(length, dtype=torch.float64)
-    fallen = (finite < REACH_THRESHOLD * peak) & (steps_back >= peak_at)
+    fallen = (finite < threshold * peak) & (steps_back >= peak_at)
     reach = int(fallen.nonzero()[0]) if fallen.any() else length
     # Fit over every step where the norm is not yet lost in rounding (or flushed to 0).
     usable = finite > peak * 1e-30

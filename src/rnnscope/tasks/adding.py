@@ -32,6 +32,12 @@ class AddingTask(Task):
         """The first marked number lies anywhere in the first half: up to T steps back."""
         return self.seq_len
 
+    @property
+    def nearest_dependency(self) -> int:
+        """The second marked number may be the last step (of an even T; the one before it
+        of an odd T): one step back, or two."""
+        return self.seq_len - 2 * (self.seq_len // 2) + 1
+
     def draw(self, batch_size: int, generator: torch.Generator,
              split: str) -> tuple[Tensor, Tensor]:
         steps, half = self.seq_len, self.seq_len // 2

@@ -46,6 +46,14 @@ class Task(ABC):
         the task does not fix one (language, real series, pixels)."""
         return None
 
+    @property
+    def nearest_dependency(self) -> int | None:
+        """Steps back the gradient must carry for the shortest instance of the task's
+        dependency (a marked number at the last step, the second symbol of temporal
+        order): a truncation window at least this long sees some instances whole, and
+        the weights it learns there serve the longer ones. None where unknown."""
+        return self.reach_needed
+
     def batch(self, batch_size: int, generator: torch.Generator,
               split: str = "train") -> tuple[Tensor, Tensor]:
         """(inputs [T, B, input_size], targets) of `batch_size` sequences of `split`, drawn

@@ -46,6 +46,12 @@ class TemporalOrderTask(Task):
         """The first relevant symbol lies in [L/10, 2L/10): up to 9L/10 steps back."""
         return self.seq_len - self.seq_len // 10
 
+    @property
+    def nearest_dependency(self) -> int:
+        """The second relevant symbol lies in [L/2, L/2 + L/10): at least
+        L - L/2 - L/10 + 1 steps back (41 for L=100)."""
+        return self.seq_len - (self.seq_len // 2 + self.seq_len // 10 - 1)
+
     def draw(self, batch_size: int, generator: torch.Generator,
              split: str) -> tuple[Tensor, Tensor]:
         """(one-hot inputs [L, B, 6], labels [B] (int64) in 0..3)."""

@@ -49,8 +49,9 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
         lines = read_records(Path(scratch) / "run" / METRICS) or []
     probes = [line for line in lines if "flow" in line and isinstance(line.get("reach"), int)]
     updates = [line["update_ratio"] for line in probes if line.get("update_ratio")]
+    task = short.task.build()
     return ShortRun(weights, Context(
-        horizon=short.task.build().reach_needed, window=config.bptt.window,
+        horizon=task.reach_needed, window=config.bptt.window, nearest=task.nearest_dependency,
         solved=result.solved, update_ratio=updates[-1] if updates else None,
         earlier_reach=tuple(line["reach"] for line in probes),
         largest_update=max(updates[:-1]) if len(updates) > 1 else None))

@@ -226,7 +226,8 @@ class Trainer:
                        solved=evaluation.solved if evaluation is not None else None,
                        update_ratio=update if update is not None else self.last_update(),
                        earlier_reach=tuple(self.reach_history[-8:]),
-                       largest_update=self.largest_update)
+                       largest_update=self.largest_update,
+                       nearest=self.task.nearest_dependency)
 
     def last_update(self) -> float | None:
         """The update ratio of the latest probed step."""
