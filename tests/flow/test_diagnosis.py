@@ -46,6 +46,18 @@ def test_growth_back_in_time_is_exploding():
     assert result.fixes[1].change == {"clip": "norm:1"}
     assert diagnose(flow_from_profile([1.1**s for s in range(100)]), lr=0.5).fixes[0].change \
         == {"lr": "0.05", "clip": "norm:1.0"}
+    # An Elman RNN's growing gradient: an LSTM with chrono init first (the suite: it healed
+    # two of three SGD runs, the rate, clipping or spectral radius 1 none); an update that
+    # outweighs the weights: the rate first, whatever the cell.
+    growing = flow_from_profile([1.1**s for s in range(100)])
+    elman = diagnose(growing, lr=0.5, current={"cell": "rnn_relu"}, horizon=100)
+    assert elman.fixes[0].change == {"cell": "lstm", "init": "chrono:100"}
+    assert elman.fixes[1].change == {"lr": "0.05", "clip": "norm:1.0"}
+    by_update = diagnose(flow_from_profile([0.9**s for s in range(100)]), lr=0.5,
+                         current={"cell": "rnn_relu"}, context=Context(
+                             horizon=100, update_ratio=3.0))
+    assert by_update.verdict == "exploding" and by_update.evidence["cause"] == "update"
+    assert by_update.fixes[0].change == {"lr": "0.05", "clip": "norm:1.0"}
 
 
 def test_flat_profile_is_healthy_and_needs_no_fix():
@@ -271,7 +283,9 @@ def test_relu_rnn_with_spectral_radius_3_explodes():
     assert result.rate > 1.5
     assert result.evidence["spectral_radius_max"] == pytest.approx(3.0, rel=1e-5)
     assert result.evidence["lyapunov_max"] > 0
-    threshold = float(result.fixes[0].change["clip"].split(":")[1])
+    assert result.fixes[0].change == {"cell": "lstm", "init": "chrono:50"}  # Elman, grows
+    clipping = next(f for f in result.fixes if list(f.change) == ["clip"])
+    threshold = float(clipping.change["clip"].split(":")[1])
     assert 0 < threshold < result.evidence["grad_norm_total"]
 
 

@@ -26,7 +26,9 @@ def test_a_short_run_returns_its_weights_and_what_it_saw():
     initial = config().model.build(1, 1)
     assert not torch.equal(run.weights["rnn.weight_hh_l0"], initial.rnn.weight_hh_l0)
     assert run.context.horizon == 12
-    assert len(run.context.earlier_reach) == 6  # probes every 10 // 5 steps: 1, 2, 4, .. 10
+    # Probes at steps 1, 5, 10 (every 10 // 2); the last is the model diagnosed, "now".
+    assert len(run.context.earlier_reach) == 2
+    assert run.context.nearest == 1  # adding, T=12: the second number may be the last step
     assert run.context.update_ratio is not None and run.context.update_ratio > 0
     assert run.context.largest_update is not None and run.context.largest_update > 0
     assert run.context.solved is False

@@ -35,13 +35,14 @@ class ShortRun:
 
 
 def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
-    """Train `config` for `steps` steps (probes every steps/5, one evaluation at the end)
-    in a temporary directory; the trained weights and the diagnosis' context."""
+    """Train `config` for `steps` steps (probes at the first step and every steps/2, the
+    points the diagnosis suite judges its early verdict from, and one evaluation at the
+    end) in a temporary directory; the trained weights and the diagnosis' context."""
     with tempfile.TemporaryDirectory(prefix="rnnscope-predict-") as scratch:
         short = config.with_overrides({"run": {
             "steps": steps, "out": str(Path(scratch) / "run"), "quiet": True,
             "eval_every": steps, "checkpoint_every": 0},
-            "probe": {"every": max(1, steps // 5), "histograms": False}})
+            "probe": {"every": max(1, steps // 2), "histograms": False}})
         result = train(short)
         last = Path(scratch) / "run" / "checkpoints" / "last.pt"
         weights = torch.load(last, map_location="cpu", weights_only=True)["model"] \
@@ -53,5 +54,6 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
     return ShortRun(weights, Context(
         horizon=task.reach_needed, window=config.bptt.window, nearest=task.nearest_dependency,
         solved=result.solved, update_ratio=updates[-1] if updates else None,
-        earlier_reach=tuple(line["reach"] for line in probes),
+        # The model diagnosed is the last probe's, one update on: its reach is "now".
+        earlier_reach=tuple(line["reach"] for line in probes[:-1]),
         largest_update=max(updates[:-1]) if len(updates) > 1 else None))
