@@ -8,8 +8,11 @@ that applies (the cases file says which); what heals it says what was wrong:
     gated (LSTM, chrono) heals -> vanishing          full BPTT heals -> truncated
     a larger rate heals        -> stalled            a tenth, clipped, heals -> exploding
                                                      (nonfinite when it had NaN/inf)
-    only more steps heal                -> healthy (the gradient is not what stops it)
+    3x the steps heals                  -> healthy (the gradient is not what stops it)
     nothing heals                       -> no label: left out of the scores (shown)
+
+A case gets every label whose remedy heals it: a tanh RNN that an LSTM heals and that
+learns with 3x the steps is {vanishing, healthy}, and either verdict is right.
 
 Then the verdict of rnnscope's diagnosis is judged at three points of the case's own
 run, re-computed from its run directory with today's `diagnose` (the flow and what the
@@ -76,7 +79,7 @@ def load(path: Path, quick: bool) -> tuple[dict, list[Case]]:
     cases file names for it (fewer runs, the same labelling)."""
     data = read_yaml(path)
     base, cases = data["base"], [Case(c.pop("name"), c) for c in data["cases"]]
-    every = (*INTERVENTIONS, "longer")
+    every = INTERVENTIONS
     if not quick:
         return base, [Case(c.name, c.settings, every) for c in cases]
     chosen = data["quick"]["cases"]
@@ -98,7 +101,7 @@ def config_of(base: dict, settings: dict) -> ExperimentConfig:
     return study.runs[0].config
 
 
-INTERVENTIONS = ("baseline", "gated", "full", "lr_up", "lr_base", "lr_down")
+INTERVENTIONS = ("baseline", "gated", "full", "lr_up", "lr_base", "lr_down", "longer")
 
 
 def interventions(base: dict, case: Case) -> dict[str, dict]:
@@ -116,12 +119,8 @@ def interventions(base: dict, case: Case) -> dict[str, dict]:
     if config.optim.lr * 10 < standard:
         chosen["lr_base"] = {"lr": standard}
     chosen["lr_down"] = {"lr": config.optim.lr / 10, "clip": "norm:1.0"}
+    chosen["longer"] = {"steps": config.run.steps * 3}
     return {kind: settings for kind, settings in chosen.items() if kind in case.tried}
-
-
-def longer(base: dict, case: Case) -> dict:
-    """The last resort, run only for a case nothing else healed: 3x the steps."""
-    return {"steps": config_of(base, case.settings).run.steps * 3}
 
 
 def run(name: str, base: dict, variants: list[dict], out: Path, workers: int):
@@ -309,15 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_run:
         cases = held(base, cases, args.out / f"{name}-labels", args.out / f"{name}-fixes")
         return report(cases, args.json)
-    # The labels in three rounds of one study (it grows; what is done stays done): every
-    # case as written; the interventions for those that did not solve; more steps for
-    # those nothing healed.
+    # The labels in two rounds of one study (it grows; what is done stays done): every
+    # case as written; the interventions for those that did not solve.
     every = {f"{case.name}.{kind}": {"name": f"{case.name}.{kind}", **case.settings,
                                       **settings}
              for case in cases for kind, settings in interventions(base, case).items()}
-    every.update({f"{case.name}.longer": {"name": f"{case.name}.longer", **case.settings,
-                                          **longer(base, case)}
-                  for case in cases if "longer" in case.tried})
     variants = [every[f"{case.name}.baseline"] for case in cases] + [
         every[run_name] for run_name in _stored(args.out / f"{name}-labels")
         if run_name in every and not run_name.endswith(".baseline")]  # resumed: kept
@@ -327,12 +322,6 @@ def main(argv: list[str] | None = None) -> int:
                  for kind in interventions(base, case) if kind != "baseline"
                  and every[f"{case.name}.{kind}"] not in variants]
     rows = run(f"{name}-labels", base, variants, args.out, args.workers)
-    unhealed = [case for case in unsolved if "longer" in case.tried and not any(
-        _solved(rows.get(f"{case.name}.{kind}")) for kind in interventions(base, case))]
-    if unhealed:
-        variants += [every[f"{case.name}.longer"] for case in unhealed
-                     if every[f"{case.name}.longer"] not in variants]
-        rows = run(f"{name}-labels", base, variants, args.out, args.workers)
     for case in cases:
         label(case, rows)
         judge(case, args.out / f"{name}-labels" / "runs" / f"{case.name}.baseline")
@@ -377,22 +366,18 @@ def report(cases: list[Case], as_json: bool) -> int:
 
 def held(base: dict, cases: list[Case], labels: Path, fixes: Path) -> list[Case]:
     """The cases whose labels the study directories hold complete (the baseline solved, or
-    every intervention done, and more steps where nothing else healed), labelled and
-    judged; a fix counts only where its run is done."""
+    every intervention done), labelled and judged; a fix counts only where its run is
+    done."""
     rows = _rows(labels)
     fixed = _rows(fixes)
     complete = []
     for case in cases:
         kinds = list(interventions(base, case))
-        done = {k: f"{case.name}.{k}" in rows for k in (*kinds, "longer")}
+        done = {k: f"{case.name}.{k}" in rows for k in kinds}
         if not done["baseline"]:
             continue
-        if not _solved(rows[f"{case.name}.baseline"]):
-            if not all(done[k] for k in kinds):
-                continue
-            healed = any(_solved(rows[f"{case.name}.{k}"]) for k in kinds)
-            if not healed and "longer" in case.tried and not done["longer"]:
-                continue
+        if not _solved(rows[f"{case.name}.baseline"]) and not all(done.values()):
+            continue
         label(case, rows)
         judge(case, labels / "runs" / f"{case.name}.baseline")
         for point, change in list(case.fixes.items()):

@@ -82,10 +82,13 @@ def test_the_interventions_that_apply(doctor):
     by_name = {case.name: case for case in cases}
     kinds = {name: set(doctor.interventions(base, by_name[name])) for name in (
         "add-T100-lstm-chrono", "to-L40-lstm-chrono-window5", "add-T20-tanh-lr1e-6")}
-    assert kinds["add-T100-lstm-chrono"] == {"baseline", "lr_up", "lr_down"}  # gated already
-    assert kinds["to-L40-lstm-chrono-window5"] == {"baseline", "full", "lr_up", "lr_down"}
+    assert kinds["add-T100-lstm-chrono"] == {"baseline", "lr_up", "lr_down",
+                                             "longer"}  # gated already
+    assert kinds["to-L40-lstm-chrono-window5"] == {"baseline", "full", "lr_up", "lr_down",
+                                                   "longer"}
     assert kinds["add-T20-tanh-lr1e-6"] == {"baseline", "gated", "lr_up", "lr_base",
-                                            "lr_down"}
+                                            "lr_down", "longer"}
+    assert doctor.interventions(base, by_name["add-T30-lstm"])["longer"] == {"steps": 2400}
     gated = doctor.interventions(base, by_name["to-L40-tanh"])["gated"]
     assert gated == {"cell": "lstm", "init": "chrono:36"}  # temporal order: L - L // 10
     assert doctor.fix_variant({"bptt.window": "none", "cell": "lstm"}) == {
