@@ -206,8 +206,7 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
                        grad_norm=evidence.get("grad_norm_total"), lr=lr,
                        init=current.get("init"),
                        explosive=float(evidence.get("lyapunov_max", -1.0)) > 0,
-                       update_ratio=_largest_update(context) if verdict in (
-                           "exploding", "stalled") else context.update_ratio,
+                       update_ratio=_fix_update(verdict, evidence, context),
                        window=context.window)
     fixes = [f for f in fixes if any(current.get(k) != v for k, v in f.change.items())]
     return Diagnosis(verdict, best.reach, best.rate, best.length, evidence, fixes)
@@ -286,6 +285,15 @@ def _rising(reaches: tuple[int, ...]) -> bool:
     """Each recording reaches at least as far as the one before, the last twice the first."""
     return all(b >= a for a, b in zip(reaches, reaches[1:], strict=False)) and \
         reaches[-1] >= 2 * reaches[0]
+
+
+def _fix_update(verdict: str, evidence: dict, context: Context) -> float | None:
+    """The update size that ranks and sizes the fixes: the largest so far for a stalled
+    run and for one exploding by its updates; none for a gradient that grows back in
+    time (its huge updates follow from the growth, which the fixes address)."""
+    if verdict == "stalled" or evidence.get("cause") == "update":
+        return _largest_update(context)
+    return None if verdict == "exploding" else context.update_ratio
 
 
 def _largest_update(context: Context) -> float:
