@@ -238,16 +238,27 @@ def _verdict(stats: list[ProfileStats], best: ProfileStats, nonfinite: int,
     if context.update_ratio is not None and _largest_update(context) < STALLED_UPDATE:
         return "stalled"
     if context.window is not None and context.window < target:
-        if context.nearest is None or context.window < context.nearest:
-            return "truncated"
-        # Some instances of the dependency fit in a window and teach the weights; the
-        # rest are carried forward by the state. Within the window the gradient must
-        # reach the cut, and at its rate per step it must span the horizon.
-        rate = max((s.rate for s in stats if s.reach >= min(context.window, s.length)),
-                   default=0.0)
-        extrapolated = rate ** target if math.isfinite(rate) else 0.0
-        evidence["extrapolated_at_horizon"] = extrapolated
-        return "healthy" if extrapolated >= REACH_THRESHOLD else "vanishing"
+        return _through_windows(stats, context, context.window, target, evidence)
+    return _by_reach(best, context, target, cell, evidence)
+
+
+def _through_windows(stats: list[ProfileStats], context: Context, window: int, target: int,
+                     evidence: dict) -> str:
+    """Truncated BPTT with windows shorter than the horizon."""
+    if context.nearest is None or window < context.nearest:
+        return "truncated"
+    # Some instances of the dependency fit in a window and teach the weights; the rest
+    # are carried forward by the state. Within the window the gradient must reach the
+    # cut, and at its rate per step it must span the horizon.
+    rate = max((s.rate for s in stats if s.reach >= min(window, s.length)), default=0.0)
+    extrapolated = rate ** target if math.isfinite(rate) else 0.0
+    evidence["extrapolated_at_horizon"] = extrapolated
+    return "healthy" if extrapolated >= REACH_THRESHOLD else "vanishing"
+
+
+def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | None,
+              evidence: dict) -> str:
+    """Healthy or vanishing, by the reach against the horizon and what each cell does."""
     needed = min(target, best.length)
     reach = best.reach
     if "reach_faint" in evidence and evidence["reach_faint"] >= needed:
