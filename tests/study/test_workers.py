@@ -378,3 +378,22 @@ def test_a_directory_holding_another_study_is_refused_but_a_grown_one_continues(
     assert [(row.name, row.status, row.attempts) for row in rows] == [
         ("seed=0", "done", 1), ("seed=1", "done", 1)]
     assert (out / "study.yaml").read_text() == grown.read_text()
+
+
+def test_a_run_left_alone_trains_with_a_workers_threads(tmp_path, monkeypatch):
+    """The last run of a study, or one resumed by itself, runs in the study process: it
+    gets the threads a worker has (cores // workers), not the process's, so that its
+    numbers are those it would have had in a worker; the process's count is restored."""
+    import torch
+
+    from rnnscope.study import workers
+
+    seen = []
+    monkeypatch.setattr(workers, "execute", lambda directory, name, config:
+                        seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    workers._run_all(["only"], tmp_path, {"only": {}}, 2, lambda name: None)
+    workers._run_all(["a", "b"], tmp_path, {"a": {}, "b": {}}, 1, lambda name: None)
+    assert seen == [max(1, cores // 2), cores, cores]
+    assert torch.get_num_threads() == before

@@ -146,13 +146,22 @@ def run_study(study: Study, directory: str | Path, *, workers: int = 1,
 
 def _run_all(todo: list[str], directory: Path, configs: dict[str, dict], workers: int,
              report: Callable[[str], None]) -> None:
-    """Train the runs in `todo`: here one after another, or in `workers` processes."""
-    if workers == 1 or len(todo) <= 1:
-        for name in todo:
-            execute(str(directory), name, configs[name])
-            report(name)
-        return
+    """Train the runs in `todo`: here one after another, or in `workers` processes. Every
+    run gets the threads a worker has (the cores over `workers`), wherever it runs: a
+    run's numbers depend on its thread count (sums in another order), and training
+    amplifies the difference, so a run left alone at the end of a study or resumed by
+    itself must train as it would have in a worker."""
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    if workers == 1 or len(todo) <= 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for name in todo:
+                execute(str(directory), name, configs[name])
+                report(name)
+        finally:
+            torch.set_num_threads(before)
+        return
     context = multiprocessing.get_context("spawn")
     before = set(multiprocessing.active_children())
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
