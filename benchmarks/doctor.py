@@ -188,7 +188,7 @@ def judge(case: Case, run_dir: Path) -> None:
         updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]
                    and isinstance(p.get("update_ratio"), float)]
         context = Context(horizon=task.reach_needed, window=config.bptt.window,
-                          nearest=task.nearest_dependency,
+                          nearest=task.nearest_dependency, initial=probe["step"] <= 1,
                           solved=solved, update_ratio=probe.get("update_ratio"),
                           earlier_reach=earlier, largest_update=max(updates, default=None))
         diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),

@@ -101,7 +101,8 @@ def diagnosis(config, weights=None, context=None):
         output, _ = model(inputs)
         task.loss(output, targets).backward()
     return rnnscope.diagnose(rec, lr=config.optim.lr, current=config.as_flags(),
-                             context=context or rnnscope.Context(horizon=task.reach_needed))
+                             context=context or rnnscope.Context(
+                                 horizon=task.reach_needed, initial=weights is None))
 
 
 def train_both(seq_len: int, steps: int) -> None:

@@ -26,11 +26,13 @@ def flow_from_profile(by_steps_back: list[float] | torch.Tensor) -> GradientFlow
 def test_geometric_decay_gives_exact_reach_and_rate(factor):
     steps = 400
     flow = flow_from_profile([factor**s for s in range(steps)])
-    result = diagnose(flow, context=Context(earlier_reach=(steps,)))  # in training
+    result = diagnose(flow)
     assert result.verdict == "vanishing"
     assert result.reach == math.ceil(math.log(REACH_THRESHOLD) / math.log(factor) - 1e-9)
-    # Before training every cell is read down to 1e-6 of the peak: 0.97^400 = 10^-5.3.
-    assert diagnose(flow).verdict == ("healthy" if factor == 0.97 else "vanishing")
+    # On the initial weights every cell is read down to 1e-6 of the peak: 0.97^400 is
+    # 10^-5.3 at the far end.
+    before = diagnose(flow, context=Context(initial=True))
+    assert before.verdict == ("healthy" if factor == 0.97 else "vanishing")
     assert result.rate == pytest.approx(factor, rel=1e-9)
     assert result.steps == steps
 
@@ -152,15 +154,24 @@ def test_a_gated_cell_is_read_down_to_a_faint_gradient():
     def at_horizon(log10: float) -> GradientFlow:  # the norm falls to 10^log10 at step 30
         return flow_from_profile([10 ** (log10 * s / 29) for s in range(30)])
 
-    lstm = diagnose(at_horizon(-5.5), current={"cell": "lstm"}, horizon=30)
+    trained = Context(horizon=30, earlier_reach=(16, 16, 16))  # in training, flat
+    lstm = diagnose(at_horizon(-5.5), current={"cell": "lstm"}, context=trained)
     assert lstm.verdict == "healthy" and lstm.evidence["reach_faint"] == 30
     assert lstm.reach == 16  # at 1e-3: 10^(-5.5 s / 29) < 1e-3 from s = 16
-    assert diagnose(at_horizon(-5.5), current={"cell": "gru"}, horizon=30).verdict == "healthy"
-    faint = diagnose(at_horizon(-7.0), current={"cell": "lstm"}, horizon=30)
+    assert "1e-06 of its peak for 30 steps back" in lstm.summary()
+    gru = diagnose(at_horizon(-5.5), current={"cell": "gru"}, context=trained)
+    assert gru.verdict == "healthy" and "gates" not in gru.evidence
+    faint = diagnose(at_horizon(-7.0), current={"cell": "lstm"}, context=trained)
     assert faint.verdict == "vanishing" and faint.evidence["reach_faint"] == 25  # s > 24.9
-    tanh = diagnose(at_horizon(-5.5), current={"cell": "rnn_tanh"},
-                    context=Context(horizon=30, earlier_reach=(30, 30, 30)))
+    tanh = diagnose(at_horizon(-5.5), current={"cell": "rnn_tanh"}, context=trained)
     assert tanh.verdict == "vanishing" and "reach_faint" not in tanh.evidence
+    # On the initial weights an Elman RNN is read to 1e-6 too (training moves the reach
+    # by orders of magnitude either way); told nothing, a flow is taken as in training.
+    initial = Context(horizon=30, initial=True)
+    assert diagnose(at_horizon(-5.5), current={"cell": "rnn_tanh"},
+                    context=initial).verdict == "healthy"
+    assert diagnose(at_horizon(-5.5), current={"cell": "rnn_tanh"},
+                    horizon=30).verdict == "vanishing"
 
 
 def test_a_run_whose_updates_never_moved_the_weights_is_stalled():
@@ -187,13 +198,30 @@ def test_a_window_that_holds_the_nearest_dependency_is_read_by_its_rate():
     assert result.evidence["extrapolated_at_horizon"] == pytest.approx(
         math.exp(100 * math.log(0.977)), rel=1e-6)
     fast = [0.7**s if s < 10 else 0.0 for s in range(100)]  # 0.7^100: nothing left
-    assert diagnose(flow_from_profile(fast), context=Context(
-        horizon=100, window=10, nearest=1)).verdict == "vanishing"
+    lost = diagnose(flow_from_profile(fast), current={"cell": "rnn_tanh"},
+                    context=Context(horizon=100, window=10, nearest=1))
+    assert lost.verdict == "vanishing"
+    # The state cannot carry it: a gated cell first, then full BPTT; no shorter window.
+    assert [f.change for f in lost.fixes][:2] == [{"cell": "lstm", "init": "chrono:100"},
+                                                  {"bptt.window": "none"}]
+    assert all(f.change.get("bptt.window") in (None, "none") for f in lost.fixes)
     # Temporal order, L=100: its nearest dependency is 41 steps back; no window of 20
     # holds one, whatever the rate, and neither does any window when it is not known.
     for nearest in (41, None):
         assert diagnose(flow_from_profile(cut), context=Context(
             horizon=90, window=20, nearest=nearest)).verdict == "truncated"
+    # A rate above 1 keeps at most all of it; an empty row (a layer with no step here)
+    # has no rate and takes no part, wherever it comes.
+    growing = [1.01**s if s < 10 else 0.0 for s in range(100)]
+    grows = diagnose(flow_from_profile(growing), context=Context(horizon=100, window=10,
+                                                                 nearest=1))
+    assert grows.verdict == "healthy" and grows.evidence["extrapolated_at_horizon"] == 1.0
+    cut_row = torch.tensor(cut, dtype=torch.float64).flip(0)
+    for rows in ([cut_row, torch.full((100,), float("nan"))],
+                 [torch.full((100,), float("nan")), cut_row]):
+        mixed = GradientFlow(torch.stack(rows), ["a", "b"], [False, False])
+        assert diagnose(mixed, context=Context(horizon=100, window=10, nearest=1)
+                        ).verdict == "healthy"
     # A gradient that dies inside the window: no rate to extrapolate.
     dying = [0.977**s if s < 5 else 1e-9 for s in range(10)] + [0.0] * 90
     assert diagnose(flow_from_profile(dying), context=Context(
@@ -221,6 +249,9 @@ def test_a_gated_cell_whose_reach_keeps_growing_is_healthy():
     gru = diagnose(short, current={"cell": "gru"},
                    context=Context(horizon=100, earlier_reach=(3, 15, 25)))
     assert gru.verdict == "healthy" and gru.evidence["reach_trend"] == "15 -> 25 -> 76"
+    assert diagnose(flow_from_profile([1.0] + [1e-9] * 99), current={"cell": "lstm"},
+                    context=Context(horizon=100, earlier_reach=(0, 0))).verdict == \
+        "vanishing"  # 0 -> 0 -> 0: a dead gradient does not rise
     for earlier in ((42, 76), (40, 30), (76,), ()):  # < twice, falls, too short, none
         assert diagnose(short, current={"cell": "lstm"}, context=Context(
             horizon=100, earlier_reach=earlier)).verdict == "vanishing", earlier

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         _load_checkpoint(model, args.checkpoint)
     context = Context(horizon=task.reach_needed, window=config.bptt.window,
-                      nearest=task.nearest_dependency)
+                      nearest=task.nearest_dependency, initial=args.checkpoint is None)
     if args.predict:
         run = short_run(config, integer("--predict-steps", args.predict_steps, 1))
         if run.weights is not None:  # None: it diverged at once; the initial weights tell

@@ -77,6 +77,7 @@ class Context:
     earlier_reach: tuple[int, ...] = ()  # the reach at earlier recordings, oldest first
     largest_update: float | None = None  # the largest update ratio of earlier recordings
     nearest: int | None = None  # steps back the task's shortest dependency spans
+    initial: bool = False  # recorded on the initial weights, before any update
 
 
 @dataclass
@@ -131,10 +132,8 @@ class Diagnosis:
             return (f"the gradient grows going back in time ({per_step}); its largest norm is "
                     f"{_format(self.evidence.get('growth', float('nan')))}x the norm at the loss")
         horizon = self.evidence.get("horizon", self.steps)
-        if self.verdict == "vanishing":
-            return (f"the gradient falls below {REACH_THRESHOLD:g} of its peak {self.reach} "
-                    f"steps back, where the task needs {horizon} ({per_step}): earlier "
-                    "steps barely shape the weights")
+        if self.verdict in ("vanishing", "healthy") and not self.evidence.get("solved"):
+            return self._reach_words(horizon, per_step)
         if self.verdict == "truncated":
             return (f"truncated BPTT cuts the gradient every {self.evidence.get('window')} "
                     f"steps, where the task needs {horizon}: no cell can learn across the "
@@ -144,12 +143,37 @@ class Diagnosis:
                     f"{_format(self.evidence.get('update_ratio'))} of their norm: too "
                     "little to learn in any number of steps; the gradient's path is not "
                     "the problem")
-        if self.evidence.get("solved"):
-            return "the task is solved: nothing to fix"
-        if self.evidence.get("gates") == "untrained":
+        return "the task is solved: nothing to fix"
+
+    def _reach_words(self, horizon: int, per_step: str) -> str:
+        """Vanishing or healthy in words, by the rule that decided it."""
+        evidence = self.evidence
+        if "extrapolated_at_horizon" in evidence:
+            kept = _format(evidence["extrapolated_at_horizon"])
+            return (f"windows of {evidence.get('window')} steps hold the task's nearest "
+                    f"dependency; at {per_step} within them the state keeps {kept} of the "
+                    f"gradient over the {horizon} steps it needs"
+                    + ("" if self.verdict == "healthy" else ": too little"))
+        if self.verdict == "vanishing":
+            recent = evidence.get("reach_recent_min", self.reach)
+            held = (f" (the shortest of its last three recordings; {self.reach} now)"
+                    if recent != self.reach else "")
+            return (f"the gradient falls below {REACH_THRESHOLD:g} of its peak {recent} "
+                    f"steps back{held}, where the task needs {horizon} ({per_step}): "
+                    "earlier steps barely shape the weights")
+        if evidence.get("gates") == "untrained":
             return (f"the gradient reaches {self.reach} of the {horizon} steps the task needs, "
                     "but a GRU's update gates learn to hold the state in its first tens of "
                     "steps: `rnnscope diagnose --predict` reads it after a short run")
+        if "reach_trend" in evidence:
+            return (f"the gradient reaches {self.reach} of the {horizon} steps the task "
+                    f"needs, and further at each recording ({evidence['reach_trend']}): the "
+                    "gates are learning to hold the state")
+        if self.reach < min(horizon, self.steps) and "reach_faint" in evidence:
+            return (f"the gradient stays within {FAINT_REACH:g} of its peak for "
+                    f"{evidence['reach_faint']} steps back ({self.reach} within "
+                    f"{REACH_THRESHOLD:g}), where the task needs {horizon}: enough for "
+                    "gates to learn from")
         return (f"the gradient reaches {self.reach} of {self.steps} steps back ({per_step}) "
                 "within a factor 1000 of its peak")
 
@@ -187,7 +211,7 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     nonfinite = flow.nonfinite + nonfinite_norms(flow.norms)
     target = best.length if context.horizon is None else context.horizon  # the reach needed
     evidence = _flow_evidence(flow, stats, best, nonfinite)
-    if cell in GATED or not context.earlier_reach:
+    if cell in GATED or context.initial:
         evidence["reach_faint"] = max(profile_stats(row, FAINT_REACH).reach for row in rows)
     verdict = _verdict(stats, best, nonfinite, context, target, cell, evidence)
     if verdict == "exploding" and not _grows(stats):
@@ -250,8 +274,9 @@ def _through_windows(stats: list[ProfileStats], context: Context, window: int, t
     # Some instances of the dependency fit in a window and teach the weights; the rest
     # are carried forward by the state. Within the window the gradient must reach the
     # cut, and at its rate per step it must span the horizon.
-    rate = max((s.rate for s in stats if s.reach >= min(window, s.length)), default=0.0)
-    extrapolated = rate ** target if math.isfinite(rate) else 0.0
+    rate = max((s.rate for s in stats if s.length > 0 and math.isfinite(s.rate)
+                and s.reach >= min(window, s.length)), default=0.0)
+    extrapolated = min(rate, 1.0) ** target  # a growing rate is exploding's to judge
     evidence["extrapolated_at_horizon"] = extrapolated
     return "healthy" if extrapolated >= REACH_THRESHOLD else "vanishing"
 
@@ -278,7 +303,7 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         evidence["reach_recent_min"] = reach
     if reach >= needed:
         return "healthy"
-    if cell == "gru" and not context.earlier_reach:
+    if cell == "gru" and context.initial:
         # Before training a GRU's reach says little: its update gates learn to hold the
         # state in tens of steps (the suite: reach 14-21 at init for all five GRUs that
         # solved, T=60 to 150; three reached 50-99 steps by step 50).
@@ -293,9 +318,10 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
 
 
 def _rising(reaches: tuple[int, ...]) -> bool:
-    """Each recording reaches at least as far as the one before, the last twice the first."""
-    return all(b >= a for a, b in zip(reaches, reaches[1:], strict=False)) and \
-        reaches[-1] >= 2 * reaches[0]
+    """No recording reaches less far than the one before, and the last twice as far as the
+    first (a reach of 0, a gradient that never leaves the loss, rises from nothing)."""
+    return reaches[0] > 0 and reaches[-1] >= 2 * reaches[0] and \
+        all(b >= a for a, b in zip(reaches, reaches[1:], strict=False))
 
 
 def _fix_update(verdict: str, evidence: dict, context: Context) -> float | None:

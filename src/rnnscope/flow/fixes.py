@@ -110,8 +110,10 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
     `steps` is the horizon the gradient must span; `init` the scheme in force (e.g.
     "chrono:200"); `explosive` says the dynamics themselves grow (top Lyapunov exponent
     > 0), which for a non-finite verdict puts the cause (the weights) before the guard;
-    `update_ratio` (||dtheta|| / ||theta||) sizes a stalled run's larger rate, and above 1
-    puts a smaller rate first for an exploding one.
+    `update_ratio` (||dtheta|| / ||theta||) sizes a stalled run's larger rate; given
+    (above 1) for an exploding one, its cause is the rate, which keeps the smaller rate
+    first for an Elman RNN too (a gradient that grows back in time in an Elman RNN gets a
+    gated cell first). `window`: the truncated-BPTT window in force.
     """
     smaller_lr = {"lr": f"{lr / 10:g}"} if lr else {"lr": "<a tenth of the current>"}
     if verdict == "nonfinite":
@@ -133,7 +135,11 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
             fixes.insert(0, fixes.pop())  # the gated cell, last of _exploding_fixes
         return fixes
     if verdict == "vanishing":
-        return _vanishing_fixes(cell, steps, reach, init)
+        fixes = _vanishing_fixes(cell, steps, reach, init)
+        if window is not None:  # truncated BPTT in force: no shorter window, full BPTT
+            fixes = [f for f in fixes if "bptt.window" not in f.change]
+            fixes.insert(1, _truncated_fixes(steps, window)[0])
+        return fixes
     if verdict == "truncated":
         return _truncated_fixes(steps, window)
     if verdict == "stalled":

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import torch
 
-from rnnscope.checks import choice, integer
+from rnnscope.checks import available_cores, choice, integer
 from rnnscope.study.attempt import WorkerDied, attempt
 from rnnscope.study.spec import Study, open_store, prepare, stored_config
 from rnnscope.study.store import STUDY_DB, STUDY_FILE, STUDY_RUNS, StudyRow, StudyStore
@@ -151,10 +151,11 @@ def _run_all(todo: list[str], directory: Path, configs: dict[str, dict], workers
     run's numbers depend on its thread count (sums in another order), and training
     amplifies the difference, so a run left alone at the end of a study or resumed by
     itself must train as it would have in a worker."""
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = max(1, available_cores() // workers)
     if workers == 1 or len(todo) <= 1:
         before = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        if workers > 1:  # one worker's runs keep the process's threads, as `train` does
+            torch.set_num_threads(threads)
         try:
             for name in todo:
                 execute(str(directory), name, configs[name])

@@ -48,10 +48,11 @@ class Task(ABC):
 
     @property
     def nearest_dependency(self) -> int | None:
-        """Steps back the gradient must carry for the shortest instance of the task's
-        dependency (a marked number at the last step, the second symbol of temporal
-        order): a truncation window at least this long sees some instances whole, and
-        the weights it learns there serve the longer ones. None where unknown."""
+        """Steps back the gradient must carry to the most recent step the target depends
+        on, at its shortest (the adding problem's second number at the last step; the
+        second symbol of temporal order): a truncation window at least this long holds
+        some of what the weights must learn to read and store (what they learn there
+        serves every step), one shorter holds none. None where unknown."""
         return self.reach_needed
 
     def batch(self, batch_size: int, generator: torch.Generator,

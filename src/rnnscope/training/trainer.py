@@ -214,20 +214,22 @@ class Trainer:
         if state.flow is None:
             return
         state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags(),
-                                   context=self.context(state.update_ratio))
+                                   context=self.context(state.update_ratio, state.step))
         self.reach_history.append(state.diagnosis.reach)
         if state.update_ratio is not None and math.isfinite(state.update_ratio):
             self.largest_update = max(self.largest_update or 0.0, state.update_ratio)
 
-    def context(self, update: float | None = None) -> Context:
-        """What the diagnosis is told of this run besides a flow."""
+    def context(self, update: float | None = None, step: int | None = None) -> Context:
+        """What the diagnosis is told of this run besides a flow recorded at `step` (from
+        1; default: the next step, on the weights as they are now)."""
         evaluation = self.evaluation
         return Context(horizon=self.task.reach_needed, window=self.config.bptt.window,
                        solved=evaluation.solved if evaluation is not None else None,
                        update_ratio=update if update is not None else self.last_update(),
                        earlier_reach=tuple(self.reach_history[-8:]),
                        largest_update=self.largest_update,
-                       nearest=self.task.nearest_dependency)
+                       nearest=self.task.nearest_dependency,
+                       initial=(self.step + 1 if step is None else step) <= 1)
 
     def last_update(self) -> float | None:
         """The update ratio of the latest probed step."""

@@ -107,20 +107,22 @@ class Watch:
         # the update is done, and its size tells a stalled run (lr too small) apart.
         self._before = parameter_copies(self.model) if recorded else None
 
-    def _context(self) -> Context:
+    def _context(self, step: int) -> Context:
         ratio = None
         if self._before is not None:
             ratio = float(update_ratio(self._before, dict(self.model.named_parameters()))[
                 "update_ratio_total"])
         context = Context(horizon=self.horizon, update_ratio=ratio or None,
                           earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
-                          largest_update=self._largest_update)
+                          largest_update=self._largest_update, initial=step <= 1)
         if ratio and math.isfinite(ratio):
             self._largest_update = max(self._largest_update or 0.0, ratio)
         return context
 
     def _probe(self, step: int, flow: GradientFlow) -> None:
-        diagnosis = diagnose(flow, context=self._context())
+        cell = self.recorder.cell()
+        diagnosis = diagnose(flow, current={"cell": cell} if cell else None,
+                             context=self._context(step))
         self.history.append((step, diagnosis))
         self._log.probe(step, flow, diagnosis)
         if diagnosis.verdict == "nonfinite":
@@ -153,9 +155,10 @@ class Watch:
                    "final_loss": self._last_loss, "run_dir": str(self.out),
                    "message": "" if exc is None else str(exc).splitlines()[0][:500]}
         if self.recorder.recorded:  # the latest recording, with the model's evidence
-            context = Context(horizon=self.horizon,
-                              earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
-                              largest_update=self._largest_update)
+            latest = self.history[-1][0] if self.history else self.step
+            context = Context(horizon=self.horizon,  # its reach is "now", not an earlier one
+                              earlier_reach=tuple(d.reach for _, d in self.history[-9:-1]),
+                              largest_update=self._largest_update, initial=latest <= 1)
             summary.update(diagnose(self.recorder, context=context).report_fields())
         return summary
 

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rnnscope.checks import integer
-from rnnscope.flow.diagnosis import VERDICTS, Diagnosis, diagnose
+from rnnscope.flow.diagnosis import VERDICTS, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.recording import Recorder, record
 from rnnscope.models.recurrent import require_recurrent
@@ -180,7 +180,8 @@ class GradientFlowCallback(Callback):
                 else 1
             flow = rescaled_flow(recorder.flow, accumulate / (scale or 1.0))
             cell = recorder.cell()
-            diagnosis = diagnose(flow, current={"cell": cell} if cell else None)
+            diagnosis = diagnose(flow, current={"cell": cell} if cell else None,
+                                 context=Context(initial=self._step == 0))
             metrics = {}
             if scale is not None:
                 overflow = scaler.get_scale() < scale or diagnosis.verdict == "nonfinite"
