@@ -54,8 +54,8 @@ from rnnscope.flow.recording import Recorder
 
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 # No update so far moved the weights by this much of their norm: they barely move. In
-# the diagnosis suite runs that learn moved them by 6e-3 (Adam at 1e-3) to 1e-1 at
-# first; the runs held back by the rate alone, by 2e-6 to 2e-4.
+# the diagnosis suite Adam at 1e-2 moved them by 4e-2 to 1e-1 at first, at 1e-3 by
+# 6e-3; the runs held back by the rate alone, by 2e-6 to 2e-4.
 STALLED_UPDATE = 1e-3
 HUGE_UPDATE = 1.0  # above this an update outweighs the weights themselves
 # The order matters to the Lightning callback's `verdict` code (its index here).
