@@ -27,7 +27,7 @@ A verdict is right when it is one of the case's labels. For every verdict that i
 healthy, its first fix (the flags it prints) is applied and the case trained again with
 the same budget: the fix heals when that run solves the task.
 
-    python benchmarks/doctor.py                # 47 cases, ~220 runs: ~2 hours on 2 cores
+    python benchmarks/doctor.py                # 50 cases, ~230 runs: ~2 hours on 2 cores
     python benchmarks/doctor.py --quick        # the cases file's quick subset (~15 min)
     python benchmarks/doctor.py --json         # the numbers, machine-readable
     python benchmarks/doctor.py --no-run       # score what --out holds so far
