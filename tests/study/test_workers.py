@@ -269,6 +269,15 @@ def test_a_study_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
         assert first_line.get("marker") == "first attempt"
 
 
+def _ctrl_c_at_its_default() -> None:
+    """In the child, before exec: SIGINT at its default and not blocked, as a terminal's
+    foreground job has it. An ignored or blocked SIGINT is inherited across exec (and
+    Python then leaves it so): what earlier tests in this process did to it (a library
+    that blocks signals in the thread that forks) must not reach the study."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_ends_the_study_at_once_and_the_same_command_finishes_it(tmp_path):
     # One short run, so that one worker is idle (waiting for work) at the interrupt, and
     # one long run that is under way.
@@ -283,7 +292,8 @@ def test_ctrl_c_ends_the_study_at_once_and_the_same_command_finishes_it(tmp_path
     workers: set[int] = set()
     # Its own process group, as a terminal's foreground job: Ctrl-C reaches every process.
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+                             text=True, start_new_session=True,
+                             preexec_fn=_ctrl_c_at_its_default)
     try:
         deadline = time.monotonic() + 180
         while True:
