@@ -51,6 +51,7 @@ from rnnscope.flow.fixes import Fix, rank_fixes
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.reach import REACH_THRESHOLD, ProfileStats, nonfinite_norms, profile_stats
 from rnnscope.flow.recording import Recorder
+from rnnscope.models.cells import CELLS
 
 EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 # No update so far moved the weights by this much of their norm: they barely move. In
@@ -59,8 +60,9 @@ EXPLODING_GROWTH = 100.0  # largest norm over the norm where the loss enters
 STALLED_UPDATE = 1e-3
 HUGE_UPDATE = 1.0  # above this an update outweighs the weights themselves
 # The order matters to the Lightning callback's `verdict` code (its index here).
-ELMAN = ("rnn_tanh", "rnn_relu")  # cells with no gate to hold a state
-GATED = ("lstm", "gru")
+# Cells by whether gates decide what the state keeps (models/cells.py knows).
+GATED = tuple(name for name, spec in CELLS.items() if spec.gated)
+ELMAN = tuple(name for name, spec in CELLS.items() if not spec.gated)
 FAINT_REACH = 1e-6  # a gated cell's gradient still teaches its gates down to this
 TREND = 3  # recordings, this one included, that the reach trend is read over
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite", "truncated", "stalled")

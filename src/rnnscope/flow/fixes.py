@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rnnscope.models.cells import CELLS
 from rnnscope.models.init import parse_init_spec
 
 
@@ -131,7 +132,7 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
                    "clipping by norm 1 keeps each step inside the weights and stops them "
                    "growing further", {**smaller_lr, "clip": "norm:1.0"})
         fixes = [rate, *_exploding_fixes(smaller_lr, cell, grad_norm, growth, steps)]
-        if cell in ("rnn_tanh", "rnn_relu") and not by_update:
+        if _elman(cell) and not by_update:
             fixes.insert(0, fixes.pop())  # the gated cell, last of _exploding_fixes
         return fixes
     if verdict == "vanishing":
@@ -193,6 +194,11 @@ def _nonfinite_fixes(smaller_lr: dict[str, str], explosive: bool) -> list[Fix]:
     return fixes
 
 
+def _elman(cell: str | None) -> bool:
+    """A cell with no gate to hold its state (rnn_tanh, rnn_relu)."""
+    return cell in CELLS and not CELLS[cell].gated
+
+
 def _exploding_fixes(smaller_lr: dict[str, str], cell: str | None, grad_norm: float | None,
                      growth: float, steps: int) -> list[Fix]:
     threshold = _clip_threshold(grad_norm, growth)
@@ -207,7 +213,7 @@ def _exploding_fixes(smaller_lr: dict[str, str], cell: str | None, grad_norm: fl
         Fix("L2 regularisation", "weight decay pulls the recurrent weights back towards "
             "small norms", {"optim.weight_decay": "1e-4"}),
     ]
-    if cell in ("rnn_tanh", "rnn_relu"):
+    if _elman(cell):
         fixes.append(Fix("gated cell with chrono init", "an LSTM's gates bound the state and "
                          "its gradient, and chrono-initialised forget gates keep the cell "
                          f"for up to ~{steps} steps", {"cell": "lstm",

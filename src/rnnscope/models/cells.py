@@ -82,6 +82,11 @@ class CellSpec:
     # b_hh enters only as a sum with b_ih, so it can join the input projection.
     folds_recurrent_bias: bool = True
 
+    @property
+    def gated(self) -> bool:
+        """Gates decide what the state keeps (LSTM, GRU); an Elman cell has none."""
+        return self.gates > 1
+
 
 CELLS: dict[str, CellSpec] = {
     "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), _rnn_tanh_step, nn.RNN),
