@@ -181,15 +181,16 @@ def judge(case: Case, run_dir: Path) -> None:
         return
     early = next((p for p in probes if p["step"] >= EARLY), probes[-1])
     for point, probe in (("init", probes[0]), ("early", early), ("end", probes[-1])):
-        solved = summary.get("solved") if point == "end" else next(
-            (e["solved"] for e in reversed(evals) if e["step"] <= probe["step"]), None)
+        held_out = next((e for e in reversed(evals) if e["step"] <= probe["step"]), {})
+        solved = summary.get("solved") if point == "end" else held_out.get("solved")
         earlier = tuple(p["reach"] for p in probes if p["step"] < probe["step"]
                         and isinstance(p.get("reach"), int))[-8:]
         updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]
                    and isinstance(p.get("update_ratio"), float)]
         context = Context(horizon=task.reach_needed, window=config.bptt.window,
                           nearest=task.nearest_dependency, initial=probe["step"] <= 1,
-                          solved=solved, update_ratio=probe.get("update_ratio"),
+                          solved=solved, metric=held_out.get("metric"), chance=task.baseline,
+                          update_ratio=probe.get("update_ratio"),
                           earlier_reach=earlier, largest_update=max(updates, default=None))
         diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
                              current=config.as_flags(), context=context)

@@ -62,3 +62,22 @@ def test_record_every_n_records_the_training_steps_of_the_same_schedule():
         for _ in range(7):
             model(torch.randn(4, 1, 2))[0].sum().backward()
     assert recorder.recorded_steps == due_steps(every(3, first=True), 7) == [1, 3, 6]
+
+
+def test_the_trainer_tells_the_diagnosis_its_latest_held_out_metric_and_chance():
+    """A probe after an evaluation is told the metric it measured and the task's chance
+    level (the Elman RNN at chance rule reads both); before any, neither metric nor
+    verdict rule has anything to go on."""
+    from rnnscope.training.trainer import Trainer
+
+    trainer = Trainer(tiny_run(run={"steps": 6, "eval_every": 3}, probe={"every": 2}))
+    told, evaluated = [], {}
+    trainer.on("after_step", lambda state: told.append((state.step, trainer.context())))
+    trainer.on("on_eval", lambda evaluation: evaluated.update({evaluation.step: evaluation}))
+    trainer.fit()
+    contexts = dict(told)
+    assert contexts[1].metric is None and contexts[2].metric is None
+    assert contexts[1].chance == contexts[4].chance == trainer.task.baseline > 0
+    # A step's diagnosis comes before that step's evaluation: steps 3 to 6 see step 3's.
+    assert contexts[4].metric == contexts[6].metric == evaluated[3].metric
+    assert evaluated[6].metric != evaluated[3].metric

@@ -61,7 +61,8 @@ def test_growth_back_in_time_is_exploding():
                          current={"cell": "rnn_relu"}, context=Context(
                              horizon=100, update_ratio=3.0))
     assert by_update.verdict == "exploding" and by_update.evidence["cause"] == "update"
-    assert by_update.fixes[0].change == {"lr": "0.05", "clip": "norm:1.0"}
+    # The rate that brings the update (3x the weights) to 0.1 of them: 0.5 * 0.1 / 3.
+    assert by_update.fixes[0].change == {"lr": "0.02", "clip": "norm:1.0"}
 
 
 def test_flat_profile_is_healthy_and_needs_no_fix():
@@ -242,6 +243,36 @@ def test_an_elman_rnn_is_held_to_its_shortest_recent_reach():
     assert diagnose(full, current={"cell": "rnn_relu"}).verdict == "healthy"  # no history
 
 
+def test_an_elman_rnn_at_chance_is_held_to_the_shortest_reach_it_has_had():
+    """The suite's add-T100-tanh reached 12, 100, 100 steps at steps 1, 25, 50 with its
+    held-out MSE at 2.1x chance, then 2-3 steps: an Elman RNN that stores nothing yet is
+    held to the shortest reach of every recording given, the initial one included. One
+    that has left chance (below 3/4 of it) is read as before; so is one with no metric."""
+    full = flow_from_profile([1.0] * 100)  # reach 100 now
+
+    def verdict(metric, earlier=(12, 100), cell="rnn_tanh", chance=1 / 6):
+        return diagnose(full, current={"cell": cell}, context=Context(
+            horizon=100, earlier_reach=earlier, metric=metric, chance=chance))
+
+    at_chance = verdict(0.353)
+    assert at_chance.verdict == "vanishing"
+    assert at_chance.evidence["reach_at_chance_min"] == 12
+    assert at_chance.evidence["metric"] == 0.353 and at_chance.evidence["chance"] == 1 / 6
+    assert verdict(0.75 / 6 + 1e-9).verdict == "vanishing"  # just above 3/4 of chance
+    assert verdict(0.75 / 6).verdict == "healthy"  # at 3/4 of chance it has learnt
+    assert verdict(0.01).verdict == "healthy"  # it has learnt something: not held
+    assert verdict(None).verdict == "healthy"  # no metric: nothing known of it
+    assert verdict(float("nan")).verdict == "healthy"  # a broken metric tells nothing
+    assert verdict(0.353, chance=None).verdict == "healthy"  # no chance level: unknown
+    assert verdict(0.353, earlier=()).verdict == "healthy"  # no earlier recording
+    assert verdict(0.353, earlier=(100, 100)).verdict == "healthy"  # never shorter
+    assert verdict(0.353, cell="lstm").verdict == "healthy"  # gates hold what they learn
+    assert verdict(0.353, cell="rnn_relu").verdict == "vanishing"  # any Elman cell
+    # Longer ago than the three-recording rule looks: at chance, every reach given counts.
+    far = verdict(0.353, earlier=(9, 100, 100, 100))
+    assert far.verdict == "vanishing" and far.evidence["reach_at_chance_min"] == 9
+
+
 def test_a_gated_cell_whose_reach_keeps_growing_is_healthy():
     """A GRU at T=100 reached 15, 25, 76 steps at steps 1, 25, 50 and went on to solve:
     its gates are learning to hold the state. Falling or flat, or an Elman RNN: vanishing."""
@@ -355,13 +386,18 @@ def test_remedies_reach_far_further_than_the_tanh_rnn():
 
 def test_an_update_larger_than_the_weights_is_exploding_and_a_smaller_rate_comes_first():
     """The doctor suite's adding problem with Adam at lr 1.0: its first update moved the
-    weights by 5.2x their norm, the units saturated, and only a tenth of the rate, clipped,
-    solved it. The flow itself need not grow."""
+    weights by 5.2x their norm, the units saturated, and a tenth of the rate, clipped,
+    solved it in one run of three. The first fix brings the update to 0.1 of the weights,
+    the largest first update of the suite's runs that learn: lr 1 * 0.1 / 5.2, clipped.
+    The flow itself need not grow."""
     flow = flow_from_profile([0.99**s for s in range(50)])  # a healthy-looking profile
     result = diagnose(flow, lr=1.0, context=Context(horizon=50, update_ratio=5.2))
     assert result.verdict == "exploding" and result.evidence["cause"] == "update"
-    assert result.fixes[0].change == {"lr": "0.1", "clip": "norm:1.0"}
+    assert result.fixes[0].change == {"lr": "0.02", "clip": "norm:1.0"}
     assert "5.2x their norm" in result.summary()
+    # Without the rate the fix says the factor, not a value.
+    unknown = diagnose(flow, context=Context(horizon=50, update_ratio=4.0))
+    assert unknown.fixes[0].change == {"lr": "<0.03x the current>", "clip": "norm:1.0"}
     # At the threshold (an update as large as the weights) it is not yet a verdict.
     assert diagnose(flow, context=Context(horizon=50, update_ratio=1.0)).verdict == "healthy"
     # A flow that grows keeps its own cause and fixes.
@@ -380,4 +416,4 @@ def test_an_earlier_huge_update_stays_the_cause_after_the_units_saturate():
                                                         largest_update=5.2))
     assert remembered.verdict == "exploding"
     assert remembered.evidence["largest_update"] == 5.2
-    assert remembered.fixes[0].change == {"lr": "0.1", "clip": "norm:1.0"}
+    assert remembered.fixes[0].change == {"lr": "0.02", "clip": "norm:1.0"}

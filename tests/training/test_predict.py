@@ -32,6 +32,9 @@ def test_a_short_run_returns_its_weights_and_what_it_saw():
     assert run.context.update_ratio is not None and run.context.update_ratio > 0
     assert run.context.largest_update is not None and run.context.largest_update > 0
     assert run.context.solved is False
+    # The held-out metric of the run's last step, against the task's chance level.
+    assert run.context.chance == config().task.build().baseline
+    assert run.context.metric is not None and run.context.metric > 0
 
 
 def test_a_run_that_diverges_at_once_predicts_from_its_initial_weights(tmp_path):

@@ -4,8 +4,9 @@
 (`reach.py`: reach, rate, growth), taking for an LSTM the better of its hidden output
 and, where recorded, its cell state (the path an LSTM's memory gives the gradient),
 and what else it is told (`Context`: the horizon the task needs and its nearest
-dependency, the truncation window, whether the task is solved, the size of the latest
-update, earlier reaches). The verdicts, in the order they are decided:
+dependency, the truncation window, whether the task is solved, the held-out metric
+against chance, the size of the latest update, earlier reaches). The verdicts, in the
+order they are decided:
 
     nonfinite   a NaN or inf in the gradient through time
     healthy     the task is solved: whatever the profile, there is nothing to fix
@@ -26,7 +27,9 @@ update, earlier reaches). The verdicts, in the order they are decided:
     vanishing   the reach is shorter than the horizon (the task's longest dependency, or
                 the recorded sequence when it is not known). An Elman RNN (rnn_tanh,
                 rnn_relu) is held to the shortest reach of its last three recordings once
-                it has three before (its reach swings: 100 steps at one, 3 at the next).
+                it has three before (its reach swings: 100 steps at one, 3 at the next),
+                and to the shortest of all it is given while its held-out metric has not
+                left chance (above 3/4 of the task's chance level: it stores nothing yet).
                 A gated cell (LSTM, GRU) is read down to 1e-6 of the peak, where its gates
                 still learn, and so is any cell before training; a gated cell whose reach
                 grew at each of its last three recordings, to at least twice the first, is
@@ -65,6 +68,10 @@ GATED = tuple(name for name, spec in CELLS.items() if spec.gated)
 ELMAN = tuple(name for name, spec in CELLS.items() if not spec.gated)
 FAINT_REACH = 1e-6  # a gated cell's gradient still teaches its gates down to this
 TREND = 3  # recordings, this one included, that the reach trend is read over
+# A held-out metric below this share of chance: the model has learnt something. In the
+# diagnosis suite the Elman RNN that solved (temporal order, L=20) was at 0.5 of chance by
+# step 50; those that never learnt stayed at 0.87-2.1 of it (evaluated on 64 sequences).
+LEFT_CHANCE = 0.75
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite", "truncated", "stalled")
 
 
@@ -80,6 +87,8 @@ class Context:
     largest_update: float | None = None  # the largest update ratio of earlier recordings
     nearest: int | None = None  # steps back the task's shortest dependency spans
     initial: bool = False  # recorded on the initial weights, before any update
+    metric: float | None = None  # the latest held-out metric (lower is better)
+    chance: float | None = None  # the task's metric for a model that ignores its inputs
 
 
 @dataclass
@@ -221,7 +230,8 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
         evidence["largest_update"] = _largest_update(context)
     evidence.update({key: value for key, value in (
         ("horizon", context.horizon), ("window", context.window),
-        ("update_ratio", context.update_ratio), ("solved", context.solved))
+        ("update_ratio", context.update_ratio), ("solved", context.solved),
+        ("metric", context.metric), ("chance", context.chance))
         if value is not None})
     if cell is not None:
         evidence["cell"] = cell
@@ -296,7 +306,16 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         # 10^-4.2 at the horizon of temporal order, L=20, reached it by step 25).
         return "healthy"
     recent = (*context.earlier_reach[-(TREND - 1):], reach)
-    if cell in ELMAN and len(context.earlier_reach) >= TREND:
+    if cell in ELMAN and context.earlier_reach and _at_chance(context):
+        # An Elman RNN that has learnt nothing yet reaches far while it stores nothing: to
+        # hold a memory its recurrence must contract, and so does its gradient (Bengio,
+        # Simard & Frasconi 1994). The suite: add-T100-tanh reached 12, 100, 100 steps at
+        # steps 1, 25, 50, at chance, then 2-3 from step 75; to-L40-tanh 13, 40, 40, then
+        # 3-7. Until its held-out metric leaves chance it is held to the shortest reach of
+        # its recordings, the initial one included.
+        reach = min(*context.earlier_reach, reach)
+        evidence["reach_at_chance_min"] = reach
+    elif cell in ELMAN and len(context.earlier_reach) >= TREND:
         # An Elman RNN's reach swings from one recording to the next (the suite: 100
         # steps at step 50, 3 at step 75): once it has a history of its own (the first
         # recording, on the initial weights, is left behind), it is held to the shortest
@@ -317,6 +336,13 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         evidence["reach_trend"] = " -> ".join(str(r) for r in recent)
         return "healthy"
     return "vanishing"
+
+
+def _at_chance(context: Context) -> bool:
+    """The held-out metric has not left chance (unknown: not at chance)."""
+    metric, chance = context.metric, context.chance
+    return metric is not None and chance is not None and math.isfinite(metric) and \
+        chance > 0 and metric > LEFT_CHANCE * chance
 
 
 def _rising(reaches: tuple[int, ...]) -> bool:

@@ -121,16 +121,19 @@ def rank_fixes(verdict: str, *, cell: str | None, steps: int, reach: int, growth
         return _nonfinite_fixes(smaller_lr, explosive)
     if verdict == "exploding":
         # Ranked by the diagnosis suite (benchmarks/doctor.py). An update larger than the
-        # weights: a tenth of the rate, clipped, healed the Adam runs at lr 0.3 and 1.
-        # An Elman RNN whose gradient grows back in time (SGD, spectral radius 3): an
-        # LSTM with chrono init healed two of three; a tenth of the rate with clipping,
+        # weights: the rate that brings it to the first updates of runs that learn. An
+        # Elman RNN whose gradient grows back in time (SGD, spectral radius 3): an LSTM
+        # with chrono init healed two of three; a tenth of the rate with clipping,
         # clipping alone, and spectral radius 1 (with or without clipping) none.
         by_update = update_ratio is not None and update_ratio > 1.0
-        why = (f"each update moves the weights by {update_ratio:.2g}x their norm"
-               if by_update else f"the gradient grows {growth:.3g}x back in time")
-        rate = Fix("smaller learning rate, clipped", f"{why}; a tenth of the rate with "
-                   "clipping by norm 1 keeps each step inside the weights and stops them "
-                   "growing further", {**smaller_lr, "clip": "norm:1.0"})
+        if by_update:
+            rate = Fix("smaller learning rate, clipped", _sized_down(lr, update_ratio),
+                       {**_rate_for(lr, update_ratio), "clip": "norm:1.0"})
+        else:
+            rate = Fix("smaller learning rate, clipped", f"the gradient grows {growth:.3g}x "
+                       "back in time; a tenth of the rate with clipping by norm 1 keeps each "
+                       "step inside the weights and stops them growing further",
+                       {**smaller_lr, "clip": "norm:1.0"})
         fixes = [rate, *_exploding_fixes(smaller_lr, cell, grad_norm, growth, steps)]
         if _elman(cell) and not by_update:
             fixes.insert(0, fixes.pop())  # the gated cell, last of _exploding_fixes
@@ -176,6 +179,26 @@ def _stalled_fixes(lr: float | None, update_ratio: float | None) -> list[Fix]:
                 f"{update_ratio:.2g} of their norm; runs that learn move them by "
                 f"{MOVING_UPDATE:g} and more at first"
                 if update_ratio else "the updates are too small to move the weights", rate)]
+
+
+FIRST_UPDATE = 1e-1  # the largest first update of the suite's runs that learn (4e-2 .. 1e-1)
+
+
+def _rate_for(lr: float | None, update_ratio: float) -> dict[str, str]:
+    """The rate whose updates move the weights by `FIRST_UPDATE` of their norm, for one whose
+    largest moved them by `update_ratio` (> 1): an update's size is in proportion to the
+    rate. In the diagnosis suite a tenth of the rate healed Adam at lr 0.3 (a GRU, first
+    update 4.2x the weights) but at lr 1 (an LSTM, 5.2x) only in one of three runs."""
+    if not lr:
+        return {"lr": f"<{FIRST_UPDATE / update_ratio:.1g}x the current>"}
+    return {"lr": f"{lr * FIRST_UPDATE / update_ratio:.1g}"}
+
+
+def _sized_down(lr: float | None, update_ratio: float) -> str:
+    return (f"each update moves the weights by {update_ratio:.2g}x their norm; runs that learn "
+            f"move them by {FIRST_UPDATE:g} of it at most at first: a rate "
+            f"{update_ratio / FIRST_UPDATE:.2g}x smaller, with clipping by norm 1, keeps each "
+            "step inside the weights")
 
 
 def _nonfinite_fixes(smaller_lr: dict[str, str], explosive: bool) -> list[Fix]:

@@ -53,7 +53,8 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
     task = short.task.build()
     return ShortRun(weights, Context(
         horizon=task.reach_needed, window=config.bptt.window, nearest=task.nearest_dependency,
-        solved=result.solved, update_ratio=updates[-1] if updates else None,
+        solved=result.solved, metric=result.metric, chance=result.baseline,
+        update_ratio=updates[-1] if updates else None,
         # The model diagnosed is the last probe's, one update on: its reach is "now".
         earlier_reach=tuple(line["reach"] for line in probes[:-1]),
         largest_update=max(updates[:-1]) if len(updates) > 1 else None))

@@ -225,6 +225,8 @@ class Trainer:
         evaluation = self.evaluation
         return Context(horizon=self.task.reach_needed, window=self.config.bptt.window,
                        solved=evaluation.solved if evaluation is not None else None,
+                       metric=evaluation.metric if evaluation is not None else None,
+                       chance=self.task.baseline,
                        update_ratio=update if update is not None else self.last_update(),
                        earlier_reach=tuple(self.reach_history[-8:]),
                        largest_update=self.largest_update,
