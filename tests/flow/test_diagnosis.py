@@ -175,6 +175,42 @@ def test_a_gated_cell_is_read_down_to_a_faint_gradient():
                     horizon=30).verdict == "vanishing"
 
 
+def test_a_gru_is_not_judged_by_its_untrained_gates():
+    """A GRU before training (reach 14-21 in the suite, T=60 to 150, all of which solved)
+    and while its held-out metric is at chance (to-L100-gru: 13-15 steps for 300 steps,
+    solved at 750) is healthy whatever its reach; once it has left chance, or for an LSTM,
+    the reach decides again."""
+    short = flow_from_profile([0.6**s for s in range(100)])  # reach 14 of 100, faint 28
+    assert diagnose(short).reach == 14
+
+    def judged(cell="gru", **context):
+        return diagnose(short, current={"cell": cell},
+                        context=Context(horizon=90, chance=0.75, **context))
+
+    before = judged(initial=True)
+    assert before.verdict == "healthy" and before.evidence["gates"] == "untrained"
+    assert "at_chance" not in before.evidence and "--predict" in before.summary()
+    at_chance = judged(metric=0.75, earlier_reach=(14, 13))
+    assert at_chance.verdict == "healthy" and at_chance.evidence["at_chance"] is True
+    assert "train longer" in at_chance.summary()
+    assert judged(metric=0.5, earlier_reach=(14, 13)).verdict == "vanishing"  # learning
+    assert judged(metric=None, earlier_reach=(14, 13)).verdict == "vanishing"  # unknown
+    assert judged("lstm", metric=0.75, earlier_reach=(14, 13)).verdict == "vanishing"
+    assert judged("lstm", initial=True).verdict == "vanishing"  # faint 28 of 90
+
+
+def test_a_vanishing_summary_says_which_reach_held_it():
+    full = flow_from_profile([1.0] * 100)
+    recent = diagnose(full, current={"cell": "rnn_tanh"},
+                      context=Context(horizon=100, earlier_reach=(40, 12, 100)))
+    assert "12 steps back (the shortest of its last three recordings; 100 now)" in \
+        recent.summary()
+    chance = diagnose(full, current={"cell": "rnn_tanh"}, context=Context(
+        horizon=100, earlier_reach=(12, 100), metric=0.35, chance=1 / 6))
+    assert "12 steps back (the shortest of its recordings while its held-out metric is " \
+        "at chance; 100 now)" in chance.summary()
+
+
 def test_a_run_whose_updates_never_moved_the_weights_is_stalled():
     """Stalled reads the largest update so far: 2e-4 of the weights' norm throughout is
     stalled; 2e-4 now after 5e-2 at first is a run that moved and slowed down."""
