@@ -199,6 +199,29 @@ def test_a_gru_is_not_judged_by_its_untrained_gates():
     assert judged("lstm", initial=True).verdict == "vanishing"  # faint 28 of 90
 
 
+def test_a_tanh_rnn_on_its_initial_weights_is_held_to_the_published_limit():
+    """A tanh RNN near an isometry reaches its whole horizon on the initial weights (the
+    suite: 100 and 85 of 100 steps, orthogonal and Xavier) and collapses once it trains:
+    on initial weights a horizon of 100 steps or more is vanishing whatever the reach.
+    Below 100, in training, for other cells, or with no horizon given: the reach decides."""
+    full = flow_from_profile([0.999**s for s in range(120)])  # reach 120
+
+    def verdict(cell="rnn_tanh", horizon=100, initial=True):
+        return diagnose(full, current={"cell": cell},
+                        context=Context(horizon=horizon, initial=initial))
+
+    held = verdict()
+    assert held.verdict == "vanishing" and held.evidence["tanh_horizon"] == 100
+    assert held.reach == 120 and "does not keep that reach" in held.summary()
+    assert held.fixes[0].change == {"cell": "lstm", "init": "chrono:100"}
+    assert verdict(horizon=99).verdict == "healthy"
+    assert verdict(initial=False).verdict == "healthy"
+    assert verdict("rnn_relu").verdict == "healthy"  # an IRNN solves T=200 in the record
+    assert verdict("lstm").verdict == "healthy"
+    assert diagnose(full, current={"cell": "rnn_tanh"},
+                    context=Context(initial=True)).verdict == "healthy"  # no horizon
+
+
 def test_a_vanishing_summary_says_which_reach_held_it():
     full = flow_from_profile([1.0] * 100)
     recent = diagnose(full, current={"cell": "rnn_tanh"},
