@@ -143,3 +143,44 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left patched or flushed by the refusal
         assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
+def test_a_held_out_metric_at_chance_reaches_the_diagnosis(tmp_path):
+    """With `chance` and `w.held_out(metric)` a watched GRU still at chance is not held to
+    its untrained gates; told nothing, the same recording is vanishing (its reach is
+    about 14 of 60 steps). The metric is logged; a NaN one leaves the metric unknown."""
+    def probed(out, **options):
+        torch.manual_seed(0)
+        model = Model(nn.GRU)
+        inputs = torch.randn(60, 8, 2)  # time-major, as the model reads it
+        with rnnscope.watch(model, out, every=1, **options) as watcher:
+            for step in range(3):
+                nn.functional.mse_loss(model(inputs), torch.zeros(8, 1)).backward()
+                model.zero_grad()
+                if "chance" in options:
+                    watcher.held_out(torch.tensor(0.2) if step < 2 else 0.19)
+        return watcher
+
+    told = probed(tmp_path / "told", chance=1 / 6)
+    assert [d.verdict for _, d in told.history] == ["healthy"] * 3
+    assert told.history[-1][1].evidence["at_chance"] is True
+    # A recording is diagnosed once its update is done: the metric told by then counts.
+    assert [d.evidence["metric"] for _, d in told.history] == pytest.approx([0.2, 0.2, 0.19])
+    summary = json.loads((tmp_path / "told" / "summary.json").read_text())
+    assert summary["evidence"]["metric"] == pytest.approx(0.19)
+    logged = [line["held_out_metric"] for line in metrics_lines(tmp_path / "told")
+              if "held_out_metric" in line]
+    assert logged == pytest.approx([0.2, 0.2, 0.19])
+    blind = probed(tmp_path / "blind")
+    assert [d.verdict for _, d in blind.history][1:] == ["vanishing"] * 2
+    assert blind.history[-1][1].reach < 30
+
+    with rnnscope.watch(Model(), tmp_path / "bad", chance=1.0) as watcher:
+        with pytest.raises(ValueError, match=r"^metric: must be a finite number, got 'low'$"):
+            watcher.held_out("low")
+        watcher.held_out(0.5)
+        with pytest.warns(UserWarning, match="held_out_metric not finite"):
+            watcher.held_out(float("nan"))
+        assert watcher._metric is None  # unknown again, not the last finite one
+    with pytest.raises(ValueError, match=r"^chance: must be a positive number, got 0$"):
+        rnnscope.watch(Model(), tmp_path / "bad2", chance=0)

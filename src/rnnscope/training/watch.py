@@ -7,6 +7,7 @@
             loss.backward()
             optimizer.step()
             w.log(loss=loss)               # any numbers: curves in the report
+        w.held_out(validation_error)       # optional: the held-out metric, lower is better
     # rnnscope report runs/mine
 
 Like `wandb.watch`, one line around a plain PyTorch loop; unlike it, it shows time.
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnscope.checks import choice, integer
+from rnnscope.checks import choice, integer, number
 from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import snapshot as parameter_copies
@@ -50,7 +51,7 @@ class Watch:
     def __init__(self, model: nn.Module, out: str | Path, every: int = 100, *,
                  nonfinite: str = "warn", flush_subnormals: bool = True,
                  cell_state: bool = False, name: str | None = None,
-                 horizon: int | None = None) -> None:
+                 horizon: int | None = None, chance: float | None = None) -> None:
         if not isinstance(out, (str, Path)) or not str(out):
             raise ValueError(f"out: expected a directory path, got {out!r}")
         self.nonfinite = choice("nonfinite", nonfinite, NONFINITE)
@@ -59,6 +60,8 @@ class Watch:
         self.name = name or self.out.name
         self.main = _rank() == 0
         self.horizon = None if horizon is None else integer("horizon", horizon, 1)
+        self.chance = None if chance is None else number("chance", chance, above=0.0)
+        self._metric: float | None = None  # the latest held-out metric, via held_out()
         self.model = model
         self._before: dict | None = None  # the weights a recorded step started from
         self._largest_update: float | None = None  # of the recorded steps so far
@@ -102,6 +105,19 @@ class Watch:
         if bad:
             self._nonfinite(f"step {self.step}: {', '.join(bad)} not finite")
 
+    def held_out(self, metric) -> None:
+        """The latest held-out metric (lower is better; a 0-d tensor is read here): logged
+        as `held_out_metric` and, against `chance`, told to the diagnosis (an Elman RNN
+        or a GRU still at chance is read for what it will keep, not what it reaches)."""
+        if isinstance(metric, torch.Tensor) and metric.numel() == 1:
+            metric = metric.item()
+        if isinstance(metric, float) and not math.isfinite(metric):
+            self._metric = None  # nothing known of it; `nonfinite` decides what log does
+            self.log(held_out_metric=metric)
+            return
+        self._metric = number("metric", metric)
+        self.log(held_out_metric=self._metric)
+
     def _step_opens(self, step: int, recorded: bool) -> None:
         # The weights before a recorded step's update: at the next step's first forward
         # the update is done, and its size tells a stalled run (lr too small) apart.
@@ -114,7 +130,8 @@ class Watch:
                 "update_ratio_total"])
         context = Context(horizon=self.horizon, update_ratio=ratio or None,
                           earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
-                          largest_update=self._largest_update, initial=step <= 1)
+                          largest_update=self._largest_update, initial=step <= 1,
+                          metric=self._metric, chance=self.chance)
         if ratio and math.isfinite(ratio):
             self._largest_update = max(self._largest_update or 0.0, ratio)
         return context
@@ -158,14 +175,16 @@ class Watch:
             latest = self.history[-1][0] if self.history else self.step
             context = Context(horizon=self.horizon,  # its reach is "now", not an earlier one
                               earlier_reach=tuple(d.reach for _, d in self.history[-9:-1]),
-                              largest_update=self._largest_update, initial=latest <= 1)
+                              largest_update=self._largest_update, initial=latest <= 1,
+                              metric=self._metric, chance=self.chance)
             summary.update(diagnose(self.recorder, context=context).report_fields())
         return summary
 
 
 def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str = "warn",
           flush_subnormals: bool = True, cell_state: bool = False,
-          name: str | None = None, horizon: int | None = None) -> Watch:
+          name: str | None = None, horizon: int | None = None,
+          chance: float | None = None) -> Watch:
     """Watch the gradient flow through time over your own training loop; writes the run
     directory `out` (`rnnscope report OUT` renders it). A context manager with
     `.log(**scalars)`; see `rnnscope.training.watch`.
@@ -177,9 +196,12 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     and x86 CPUs process them many times slower). `cell_state`: record dL/dc_t too.
     `horizon`: the steps back your task needs the gradient to carry (its longest
     dependency); the diagnosis holds the reach against it (default: the sequence length).
+    `chance`: your held-out metric for a model that ignores its inputs (e.g. 1/6, the
+    adding problem's MSE); with `w.held_out(metric)` the diagnosis knows whether the
+    model has learnt anything yet.
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
-                 cell_state=cell_state, name=name, horizon=horizon)
+                 cell_state=cell_state, name=name, horizon=horizon, chance=chance)
 
 
 def _rank() -> int:
