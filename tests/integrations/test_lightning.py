@@ -132,15 +132,19 @@ def test_logged_flow_equals_record_by_hand(tmp_path, engine):
     logger = run.logger
     due = [0, 1, 3, 5]  # the first batch, then every 2nd (1-based)
     assert logger.steps_with("rnnscope/reach") == due
+    reaches = []
     for step, metrics in logger.records:
         if "rnnscope/reach" not in metrics:
             continue
         assert set(metrics) == KEYS
         flow = by_hand(engine, module.seen[step]["weights"], module.seen[step]["batch"])
-        # As the callback tells it: the cell, and whether no update has been made yet.
-        expected = flow_metrics(diagnose(flow, current={"cell": "lstm"},
-                                         context=Context(initial=step == 0)))
+        # As the callback tells it: the cell, whether no update has been made yet, and
+        # the reach at its earlier recordings.
+        expected = flow_metrics(diagnose(flow, current={"cell": "lstm"}, context=Context(
+            initial=step == 0, earlier_reach=tuple(reaches))))
         assert metrics == pytest.approx(expected, rel=1e-12, abs=0)
+        reaches.append(int(metrics["rnnscope/reach"]))
+    assert callback.reaches == reaches
     # The latest flow itself, entry by entry.
     flow = by_hand(engine, module.seen[5]["weights"], module.seen[5]["batch"])
     assert callback.last_step == 5
@@ -150,6 +154,50 @@ def test_logged_flow_equals_record_by_hand(tmp_path, engine):
     assert callback.last_diagnosis.verdict in VERDICTS
     # Same x-axis as the module's own self.log values of that batch.
     assert set(due) <= set(logger.steps_with("train_loss"))
+
+
+class TinyGRU(TinyLSTM):
+    """A GRU over 40 steps, logging a held-out metric as `val_metric` before each batch."""
+
+    def __init__(self, metric: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.GRU(3, 5, batch_first=True)
+        self.metric = metric
+
+    def training_step(self, batch, batch_idx):
+        self.log("val_metric", self.metric)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_callback_tells_the_diagnosis_the_horizon_history_and_the_metric(tmp_path):
+    """A GRU whose monitored metric is at chance is not held to its untrained gates
+    (healthy, `at_chance`); left chance, or told nothing of it, its short reach over a
+    40-step horizon is vanishing after the first batch. Bad arguments name the field."""
+    def diagnoses(metric, **options):
+        callback = GradientFlowCallback(every=1, horizon=40, **options)
+        fit(tmp_path / str(len(options)) / str(metric), TinyGRU(metric), callback,
+            max_steps=3, data=sequences(steps=40))
+        return callback
+
+    at_chance = diagnoses(1.0, monitor="val_metric", chance=1.0)
+    assert at_chance.last_diagnosis.verdict == "healthy"
+    assert at_chance.last_diagnosis.evidence["at_chance"] is True
+    assert at_chance.last_diagnosis.evidence["horizon"] == 40
+    assert len(at_chance.reaches) == 3 and max(at_chance.reaches) < 20
+    learnt = diagnoses(0.5, monitor="val_metric", chance=1.0)
+    assert learnt.last_diagnosis.verdict == "vanishing"
+    assert learnt.last_diagnosis.evidence["metric"] == 0.5
+    assert diagnoses(1.0).last_diagnosis.verdict == "vanishing"  # no monitor: unknown
+    missing = diagnoses(1.0, monitor="val_loss", chance=1.0)  # a key never logged
+    assert "metric" not in missing.last_diagnosis.evidence
+    for options, message in (({"horizon": 0}, "horizon: must be an integer >= 1, got 0"),
+                             ({"chance": -1}, "chance: must be a positive number, got -1"),
+                             ({"monitor": ""}, "monitor: must be a key of "
+                                               "trainer.callback_metrics, got ''")):
+        with pytest.raises(ValueError) as error:
+            GradientFlowCallback(**options)
+        assert str(error.value) == message
 
 
 def test_nothing_recorded_or_logged_on_batches_not_due(tmp_path):

@@ -3,6 +3,7 @@ diagnosed and logged on a schedule of training batches."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from rnnscope.checks import integer
+from rnnscope.checks import integer, number
 from rnnscope.flow.diagnosis import VERDICTS, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.recording import Recorder, record
@@ -101,11 +102,28 @@ class GradientFlowCallback(Callback):
     batch (`training_step`'s returned loss: one host read per batch), TensorBoard
     images, and summary.json with the latest diagnosis and its fixes when training
     ends. `rnnscope report OUT` renders it.
+
+    What the diagnosis is told besides the flow: the reach at the callback's earlier
+    recordings, whether this is the first batch (the initial weights), `horizon` (the
+    steps back your task needs; default: the recorded length) and, with `monitor` (a
+    key of `trainer.callback_metrics`, your held-out metric, lower is better) and
+    `chance` (that metric for a model that ignores its inputs), whether the model has
+    left chance yet (an Elman RNN or a GRU still at chance is read for what it will
+    keep, not for what it reaches now).
     """
 
     def __init__(self, every: int = 100, stop_on_nonfinite: bool = True,
-                 prefix: str = "rnnscope/", out: str | Path | None = None) -> None:
+                 prefix: str = "rnnscope/", out: str | Path | None = None, *,
+                 horizon: int | None = None, monitor: str | None = None,
+                 chance: float | None = None) -> None:
         super().__init__()
+        self.horizon = None if horizon is None else integer("horizon", horizon, 1)
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ValueError(f"monitor: must be a key of trainer.callback_metrics, got "
+                             f"{monitor!r}")
+        self.monitor = monitor
+        self.chance = None if chance is None else number("chance", chance, above=0.0)
+        self.reaches: list[int] = []  # the reach at each kept recording, oldest first
         self.every = integer("every", every, 1)
         self.schedule = Every(self.every, first=True)
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
@@ -125,6 +143,18 @@ class GradientFlowCallback(Callback):
         self._log: FlowLog | None = None
         self._probes = 0
         self._last_loss: float | None = None
+
+    def context(self, trainer: Trainer) -> Context:
+        """What the diagnosis of the current batch's flow is told besides the flow."""
+        metric = None
+        if self.monitor is not None:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None:
+                value = float(value)
+                metric = value if math.isfinite(value) else None
+        return Context(horizon=self.horizon, initial=self._step == 0,
+                       earlier_reach=tuple(self.reaches[-8:]), metric=metric,
+                       chance=self.chance)
 
     def due(self, batch: int) -> bool:
         """Whether training batch `batch` (0-based, across epochs) is recorded: step
@@ -181,7 +211,7 @@ class GradientFlowCallback(Callback):
             flow = rescaled_flow(recorder.flow, accumulate / (scale or 1.0))
             cell = recorder.cell()
             diagnosis = diagnose(flow, current={"cell": cell} if cell else None,
-                                 context=Context(initial=self._step == 0))
+                                 context=self.context(trainer))
             metrics = {}
             if scale is not None:
                 overflow = scaler.get_scale() < scale or diagnosis.verdict == "nonfinite"
@@ -189,6 +219,7 @@ class GradientFlowCallback(Callback):
                            f"{self.prefix}amp_overflow": float(overflow)}
             if not (overflow and diagnosis.verdict == "nonfinite"):
                 self.last_flow, self.last_diagnosis, self.last_step = flow, diagnosis, self._step
+                self.reaches.append(diagnosis.reach)
                 metrics.update(flow_metrics(diagnosis, self.prefix))
                 if self._log is not None:
                     self._log.probe(self._step, flow, diagnosis)
