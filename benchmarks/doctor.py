@@ -67,6 +67,7 @@ class Case:
     name: str
     settings: dict  # study-variant keys over the base
     tried: tuple[str, ...] = ()  # the interventions to run (all that apply unless chosen)
+    round: int = 1  # the round of the suite it was added in (the cases file says why)
     labels: set[str] = field(default_factory=set)
     primary: str = "healthy"
     verdicts: dict[str, str] = field(default_factory=dict)  # point -> verdict
@@ -78,14 +79,15 @@ def load(path: Path, quick: bool) -> tuple[dict, list[Case]]:
     """The base config and the cases; `quick`: the subset and the interventions the
     cases file names for it (fewer runs, the same labelling)."""
     data = read_yaml(path)
-    base, cases = data["base"], [Case(c.pop("name"), c) for c in data["cases"]]
+    base = data["base"]
+    cases = [Case(c.pop("name"), c, round=c.pop("round", 1)) for c in data["cases"]]
     every = INTERVENTIONS
     if not quick:
-        return base, [Case(c.name, c.settings, every) for c in cases]
+        return base, [Case(c.name, c.settings, every, round=c.round) for c in cases]
     chosen = data["quick"]["cases"]
     return _merge(base, data["quick"]["base"]), [
-        Case(c.name, c.settings, ("baseline", *chosen[c.name])) for c in cases
-        if c.name in chosen]
+        Case(c.name, c.settings, ("baseline", *chosen[c.name]), round=c.round)
+        for c in cases if c.name in chosen]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -183,20 +185,29 @@ def judge(case: Case, run_dir: Path) -> None:
     for point, probe in (("init", probes[0]), ("early", early), ("end", probes[-1])):
         held_out = next((e for e in reversed(evals) if e["step"] <= probe["step"]), {})
         solved = summary.get("solved") if point == "end" else held_out.get("solved")
-        earlier = tuple(p["reach"] for p in probes if p["step"] < probe["step"]
-                        and isinstance(p.get("reach"), int))[-8:]
+        before = [p for p in probes if p["step"] < probe["step"]
+                  and isinstance(p.get("reach"), int)][-8:]
+        earlier = tuple(p["reach"] for p in before)
+        faint = tuple(p.get("reach_faint") or _faint(p["flow"]) for p in before)
         updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]
                    and isinstance(p.get("update_ratio"), float)]
         context = Context(horizon=task.reach_needed, window=config.bptt.window,
                           nearest=task.nearest_dependency, initial=probe["step"] <= 1,
                           solved=solved, metric=held_out.get("metric"), chance=task.baseline,
                           update_ratio=probe.get("update_ratio"),
-                          earlier_reach=earlier, largest_update=max(updates, default=None))
+                          earlier_reach=earlier, earlier_faint=faint,
+                          largest_update=max(updates, default=None))
         diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
                              current=config.as_flags(), context=context)
         case.verdicts[point] = diagnosis.verdict
         if diagnosis.verdict != "healthy" and diagnosis.fixes:
             case.fixes[point] = diagnosis.fixes[0].change
+
+
+def _faint(flow: dict) -> int:
+    """A probe's reach within 1e-6 of the peak (the runs of before the probe line kept
+    it), as `diagnose` reads it."""
+    return diagnose(flow_of(flow)).evidence["reach_faint"]
 
 
 def flow_of(data: dict) -> GradientFlow:
@@ -252,7 +263,10 @@ def score(cases: list[Case]) -> dict:
             "heal_share": _share([c.healed.get(point, False) for c in fixed]),
             "confusion": confusion, "per_verdict": per_verdict,
             "wrong": {c.name: f"{c.verdicts[point]} (labels {', '.join(sorted(c.labels))})"
-                      for c in judged if c.verdicts[point] not in c.labels}}
+                      for c in judged if c.verdicts[point] not in c.labels},
+            "by_round": {r: [sum(c.verdicts[point] in c.labels for c in judged
+                                 if c.round == r), sum(c.round == r for c in judged)]
+                         for r in sorted({c.round for c in judged})}}
     return result
 
 
@@ -285,6 +299,8 @@ def print_tables(cases: list[Case], scores: dict) -> None:
             for truth, row in s["confusion"].items() if any(row.values())))
         for name, why in s["wrong"].items():
             print(f"  wrong: {name}: {why}")
+        print("  right by round: " + ", ".join(f"{r}: {right}/{judged}" for r, (right, judged)
+                                                in s["by_round"].items()))
 
 
 def _pct(value) -> str:

@@ -81,3 +81,22 @@ def test_the_trainer_tells_the_diagnosis_its_latest_held_out_metric_and_chance()
     # A step's diagnosis comes before that step's evaluation: steps 3 to 6 see step 3's.
     assert contexts[4].metric == contexts[6].metric == evaluated[3].metric
     assert evaluated[6].metric != evaluated[3].metric
+
+
+def test_a_checkpoint_keeps_the_faint_reaches_and_an_older_one_lends_its_reaches():
+    """The diagnosis of a resumed run is told the same earlier faint reaches; a checkpoint
+    written before they were kept gives its reaches in their place."""
+    from rnnscope.training.trainer import Trainer
+
+    trainer = Trainer(tiny_run(run={"steps": 5}, probe={"every": 2}))
+    trainer.fit()
+    state = trainer.state_dict()
+    assert len(state["faint_history"]) == len(state["reach_history"]) == 3
+    assert all(f >= r for f, r in zip(state["faint_history"], state["reach_history"],
+                                      strict=True))
+    resumed = Trainer(tiny_run(run={"steps": 5}, probe={"every": 2}))
+    resumed.load_state_dict(state)
+    assert resumed.context().earlier_faint == tuple(state["faint_history"])
+    older = {key: value for key, value in state.items() if key != "faint_history"}
+    resumed.load_state_dict(older)
+    assert resumed.context().earlier_faint == tuple(state["reach_history"])

@@ -25,13 +25,15 @@ order they are decided:
                 horizon, stays above 1e-3 (a chrono LSTM with windows of 10 solves adding
                 at T=100), vanishing otherwise
     vanishing   the reach is shorter than the horizon (the task's longest dependency, or
-                the recorded sequence when it is not known), or, on its initial weights, a
-                tanh RNN is asked for 100 steps or more (where tanh RNNs fail in the
-                published record, whatever their initial reach). An Elman RNN (rnn_tanh,
+                the recorded sequence when it is not known), or an untrained tanh RNN
+                (initial weights, or at chance) is asked for 100 steps or more (where tanh
+                RNNs fail in the published record, whatever they reach before they learn).
+                An Elman RNN (rnn_tanh,
                 rnn_relu) is held to the shortest reach of its last three recordings once
-                it has three before (its reach swings: 100 steps at one, 3 at the next),
-                and to the shortest of all it is given while its held-out metric has not
-                left chance (above 3/4 of the task's chance level: it stores nothing yet).
+                it has three before (its reach swings: 100 steps at one, 3 at the next);
+                while its held-out metric has not left chance (above 3/4 of the task's
+                chance level: it stores nothing yet) it is read as on its initial weights,
+                to 1e-6, and held to the shortest such reach of all its recordings.
                 A gated cell (LSTM, GRU) is read down to 1e-6 of the peak, where its gates
                 still learn, and so is any cell before training; a gated cell whose reach
                 grew at each of its last three recordings, to at least twice the first, is
@@ -95,6 +97,9 @@ class Context:
     nearest: int | None = None  # steps back the task's shortest dependency spans
     initial: bool = False  # recorded on the initial weights, before any update
     metric: float | None = None  # the latest held-out metric (lower is better)
+    # The reach within FAINT_REACH of the peak at the same earlier recordings (where not
+    # given, earlier_reach stands in for it).
+    earlier_faint: tuple[int, ...] = ()
     chance: float | None = None  # the task's metric for a model that ignores its inputs
 
 
@@ -174,16 +179,21 @@ class Diagnosis:
                     + ("" if self.verdict == "healthy" else ": too little"))
         if "tanh_horizon" in evidence:
             return (f"the gradient reaches {self.reach} of the {horizon} steps the task needs "
-                    "on the initial weights, but a tanh RNN does not keep that reach once it "
-                    "learns to store anything, and fails on tasks of "
+                    "before the model has learnt anything, but a tanh RNN does not keep that "
+                    "reach once it learns to store anything, and fails on tasks of "
                     f"{evidence['tanh_horizon']} steps and more (published results; in the "
                     "diagnosis suite from 20-30 steps)")
+        if "reach_at_chance_min" in evidence:
+            return ("the held-out metric has not left chance, so the reach is read as on "
+                    f"initial weights: within {FAINT_REACH:g} of its peak the gradient reached "
+                    f"at least {evidence['reach_at_chance_min']} steps back at every "
+                    f"recording so far ({self.reach} within {REACH_THRESHOLD:g} now), where "
+                    f"the task needs {horizon}" + (
+                        "" if self.verdict == "healthy" else ": an Elman RNN's reach shrinks "
+                        "further once it has to store anything"))
         if self.verdict == "vanishing":
-            recent = evidence.get("reach_recent_min",
-                                  evidence.get("reach_at_chance_min", self.reach))
-            which = ("its recordings while its held-out metric is at chance"
-                     if "reach_at_chance_min" in evidence else "its last three recordings")
-            held = (f" (the shortest of {which}; {self.reach} now)"
+            recent = evidence.get("reach_recent_min", self.reach)
+            held = (f" (the shortest of its last three recordings; {self.reach} now)"
                     if recent != self.reach else "")
             return (f"the gradient falls below {REACH_THRESHOLD:g} of its peak {recent} "
                     f"steps back{held}, where the task needs {horizon} ({per_step}): "
@@ -205,8 +215,8 @@ class Diagnosis:
         if self.reach < min(horizon, self.steps) and "reach_faint" in evidence:
             return (f"the gradient stays within {FAINT_REACH:g} of its peak for "
                     f"{evidence['reach_faint']} steps back ({self.reach} within "
-                    f"{REACH_THRESHOLD:g}), where the task needs {horizon}: enough for "
-                    "gates to learn from")
+                    f"{REACH_THRESHOLD:g}), where the task needs {horizon}: enough to learn "
+                    "from")
         return (f"the gradient reaches {self.reach} of {self.steps} steps back ({per_step}) "
                 "within a factor 1000 of its peak")
 
@@ -244,8 +254,8 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     nonfinite = flow.nonfinite + nonfinite_norms(flow.norms)
     target = best.length if context.horizon is None else context.horizon  # the reach needed
     evidence = _flow_evidence(flow, stats, best, nonfinite)
-    if cell in GATED or context.initial:
-        evidence["reach_faint"] = max(profile_stats(row, FAINT_REACH).reach for row in rows)
+    # Kept for every cell: the trainer, watch and the Lightning callback keep its history.
+    evidence["reach_faint"] = max(profile_stats(row, FAINT_REACH).reach for row in rows)
     verdict = _verdict(stats, best, nonfinite, context, target, cell, evidence)
     if verdict == "exploding" and not _grows(stats):
         evidence["cause"] = "update"  # the update's size, not the flow through time
@@ -320,15 +330,30 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
     """Healthy or vanishing, by the reach against the horizon and what each cell does."""
     needed = min(target, best.length)
     reach = best.reach
-    if cell == "rnn_tanh" and context.initial and context.horizon is not None \
+    # Untrained: on the initial weights, or still at chance (nothing learnt, nothing
+    # stored yet). The reach of an untrained model is not the reach it will keep.
+    untrained = context.initial or _at_chance(context)
+    if cell == "rnn_tanh" and untrained and context.horizon is not None \
             and context.horizon >= TANH_HORIZON:
-        # On initial weights near an isometry (orthogonal, Xavier) a tanh RNN's gradient
+        # Near an isometry (orthogonal, Xavier init) an untrained tanh RNN's gradient
         # reaches far while it stores nothing; to store it must contract (Bengio, Simard
         # & Frasconi 1994). The suite: 85 and 100 steps of 100 at init, 9-13 by step 25,
         # never solved. So a task this long is held against it whatever it reaches now.
         evidence["tanh_horizon"] = TANH_HORIZON
         return "vanishing"
-    if "reach_faint" in evidence and evidence["reach_faint"] >= needed:
+    faint = evidence["reach_faint"]
+    if cell in ELMAN and untrained and not context.initial and context.earlier_reach:
+        # An Elman RNN still at chance is read as on its initial weights (to 1e-6 of the
+        # peak) and held to the shortest such reach of its recordings, the initial one
+        # included: while it stores nothing its reach swings far (add-T100-tanh: 25, 100,
+        # 100 steps at steps 1, 25, 50, at chance, then 5 from step 75; to-L40-tanh: 25,
+        # 40, 40, then 5-6), and to store it must contract (Bengio et al. 1994). Read to
+        # 1e-3 the rule called to-L20-tanh at lr 1e-3 vanishing (13 steps at steps 1 and
+        # 25, at chance by step 50) and it solved: to 1e-6 it reached all 20 each time.
+        shortest = min(*(context.earlier_faint or context.earlier_reach), faint)
+        evidence["reach_at_chance_min"] = shortest
+        return "healthy" if shortest >= needed else "vanishing"
+    if (cell in GATED or untrained) and faint >= needed:
         # Gates learn from a faint gradient: LSTMs with 10^-5.8 .. 10^-3.5 of the peak at
         # the horizon learnt the adding problem (T=30, 50) in the diagnosis suite, those
         # with 10^-6.6 and less (T=100) did not. Before training any cell is read so:
@@ -336,16 +361,7 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         # 10^-4.2 at the horizon of temporal order, L=20, reached it by step 25).
         return "healthy"
     recent = (*context.earlier_reach[-(TREND - 1):], reach)
-    if cell in ELMAN and context.earlier_reach and _at_chance(context):
-        # An Elman RNN that has learnt nothing yet reaches far while it stores nothing: to
-        # hold a memory its recurrence must contract, and so does its gradient (Bengio,
-        # Simard & Frasconi 1994). The suite: add-T100-tanh reached 12, 100, 100 steps at
-        # steps 1, 25, 50, at chance, then 2-3 from step 75; to-L40-tanh 13, 40, 40, then
-        # 3-7. Until its held-out metric leaves chance it is held to the shortest reach of
-        # its recordings, the initial one included.
-        reach = min(*context.earlier_reach, reach)
-        evidence["reach_at_chance_min"] = reach
-    elif cell in ELMAN and len(context.earlier_reach) >= TREND:
+    if cell in ELMAN and len(context.earlier_reach) >= TREND:
         # An Elman RNN's reach swings from one recording to the next (the suite: 100
         # steps at step 50, 3 at step 75): once it has a history of its own (the first
         # recording, on the initial weights, is left behind), it is held to the shortest
@@ -354,7 +370,7 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         evidence["reach_recent_min"] = reach
     if reach >= needed:
         return "healthy"
-    if cell == "gru" and (context.initial or _at_chance(context)):
+    if cell == "gru" and untrained:
         # Before training a GRU's reach says little: its update gates learn to hold the
         # state in tens of steps (the suite: reach 14-21 at init for all five GRUs that
         # solved, T=60 to 150; three reached 50-99 steps by step 50). Nor while it is

@@ -8,10 +8,12 @@ from rnnscope.rundir.directory import RunDirectory
 
 def probe_line(step: int, flow, diagnosis=None, **scalars) -> dict:
     """A train line carrying one recording of the gradient flow through time (a
-    `GradientFlow`) and, when diagnosed, its verdict, reach and rate."""
+    `GradientFlow`) and, when diagnosed, its verdict, reach, rate and faint reach."""
     line = {"kind": "train", "step": step, **scalars, "flow": flow.to_dict()}
     if diagnosis is not None:
         line.update(verdict=diagnosis.verdict, reach=diagnosis.reach, rate=diagnosis.rate)
+        if "reach_faint" in diagnosis.evidence:
+            line["reach_faint"] = diagnosis.evidence["reach_faint"]
     return line
 
 

@@ -57,4 +57,5 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
         update_ratio=updates[-1] if updates else None,
         # The model diagnosed is the last probe's, one update on: its reach is "now".
         earlier_reach=tuple(line["reach"] for line in probes[:-1]),
+        earlier_faint=tuple(line.get("reach_faint", line["reach"]) for line in probes[:-1]),
         largest_update=max(updates[:-1]) if len(updates) > 1 else None))

@@ -109,6 +109,7 @@ class Trainer:
         self.clipped_steps = 0
         self.evaluation: Evaluation | None = None
         self.reach_history: list[int] = []  # the reach at each probe so far
+        self.faint_history: list[int] = []  # the same, within 1e-6 of the peak
         self._last_update: float | None = None
         self.largest_update: float | None = None  # of the probed steps before the latest
         self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
@@ -216,6 +217,7 @@ class Trainer:
         state.diagnosis = diagnose(state.flow, lr=state.lr, current=self.config.as_flags(),
                                    context=self.context(state.update_ratio, state.step))
         self.reach_history.append(state.diagnosis.reach)
+        self.faint_history.append(state.diagnosis.evidence["reach_faint"])
         if state.update_ratio is not None and math.isfinite(state.update_ratio):
             self.largest_update = max(self.largest_update or 0.0, state.update_ratio)
 
@@ -229,6 +231,7 @@ class Trainer:
                        chance=self.task.baseline,
                        update_ratio=update if update is not None else self.last_update(),
                        earlier_reach=tuple(self.reach_history[-8:]),
+                       earlier_faint=tuple(self.faint_history[-8:]),
                        largest_update=self.largest_update,
                        nearest=self.task.nearest_dependency,
                        initial=(self.step + 1 if step is None else step) <= 1)
@@ -279,6 +282,7 @@ class Trainer:
         evaluation = self.evaluation.__dict__ if self.evaluation is not None else None
         return {"step": self.step, "clipped_steps": self.clipped_steps,
                 "reach_history": list(self.reach_history), "last_update": self._last_update,
+                "faint_history": list(self.faint_history),
                 "largest_update": self.largest_update,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
@@ -326,6 +330,8 @@ class Trainer:
         self.check_state_dict(state)
         self.step, self.clipped_steps = state["step"], state["clipped_steps"]
         self.reach_history = list(state.get("reach_history", []))  # checkpoints of before
+        # Checkpoints of before kept no faint reaches: the reaches stand in for them.
+        self.faint_history = list(state.get("faint_history", self.reach_history))
         self._last_update = state.get("last_update")
         self.largest_update = state.get("largest_update")
         self.model.load_state_dict(state["model"])

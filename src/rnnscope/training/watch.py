@@ -130,6 +130,7 @@ class Watch:
                 "update_ratio_total"])
         context = Context(horizon=self.horizon, update_ratio=ratio or None,
                           earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
+                          earlier_faint=tuple(_faint(d) for _, d in self.history[-8:]),
                           largest_update=self._largest_update, initial=step <= 1,
                           metric=self._metric, chance=self.chance)
         if ratio and math.isfinite(ratio):
@@ -175,6 +176,7 @@ class Watch:
             latest = self.history[-1][0] if self.history else self.step
             context = Context(horizon=self.horizon,  # its reach is "now", not an earlier one
                               earlier_reach=tuple(d.reach for _, d in self.history[-9:-1]),
+                              earlier_faint=tuple(_faint(d) for _, d in self.history[-9:-1]),
                               largest_update=self._largest_update, initial=latest <= 1,
                               metric=self._metric, chance=self.chance)
             summary.update(diagnose(self.recorder, context=context).report_fields())
@@ -202,6 +204,10 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
                  cell_state=cell_state, name=name, horizon=horizon, chance=chance)
+
+
+def _faint(diagnosis: Diagnosis) -> int:
+    return diagnosis.evidence.get("reach_faint", diagnosis.reach)
 
 
 def _rank() -> int:

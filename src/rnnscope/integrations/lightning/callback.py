@@ -124,6 +124,7 @@ class GradientFlowCallback(Callback):
         self.monitor = monitor
         self.chance = None if chance is None else number("chance", chance, above=0.0)
         self.reaches: list[int] = []  # the reach at each kept recording, oldest first
+        self.faint_reaches: list[int] = []  # the same, within 1e-6 of the peak
         self.every = integer("every", every, 1)
         self.schedule = Every(self.every, first=True)
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
@@ -153,7 +154,8 @@ class GradientFlowCallback(Callback):
                 value = float(value)
                 metric = value if math.isfinite(value) else None
         return Context(horizon=self.horizon, initial=self._step == 0,
-                       earlier_reach=tuple(self.reaches[-8:]), metric=metric,
+                       earlier_reach=tuple(self.reaches[-8:]),
+                       earlier_faint=tuple(self.faint_reaches[-8:]), metric=metric,
                        chance=self.chance)
 
     def due(self, batch: int) -> bool:
@@ -220,6 +222,7 @@ class GradientFlowCallback(Callback):
             if not (overflow and diagnosis.verdict == "nonfinite"):
                 self.last_flow, self.last_diagnosis, self.last_step = flow, diagnosis, self._step
                 self.reaches.append(diagnosis.reach)
+                self.faint_reaches.append(diagnosis.evidence["reach_faint"])
                 metrics.update(flow_metrics(diagnosis, self.prefix))
                 if self._log is not None:
                     self._log.probe(self._step, flow, diagnosis)
