@@ -28,12 +28,12 @@ order they are decided:
                 the recorded sequence when it is not known), or an untrained tanh RNN
                 (initial weights, or at chance) is asked for 100 steps or more (where tanh
                 RNNs fail in the published record, whatever they reach before they learn).
-                An Elman RNN (rnn_tanh,
-                rnn_relu) is held to the shortest reach of its last three recordings once
-                it has three before (its reach swings: 100 steps at one, 3 at the next);
-                while its held-out metric has not left chance (above 3/4 of the task's
-                chance level: it stores nothing yet) it is read as on its initial weights,
-                to 1e-6, and held to the shortest such reach of all its recordings.
+                An Elman RNN (rnn_tanh, rnn_relu) is held to the shortest reach of its last
+                three recordings once it has three before (its reach swings: 100 steps at
+                one, 3 at the next); while its held-out metric has not left chance (above
+                3/4 of the task's chance level: it stores nothing yet) it is read as on its
+                initial weights, to 1e-6, and held to the shortest such reach of all its
+                recordings.
                 A gated cell (LSTM, GRU) is read down to 1e-6 of the peak, where its gates
                 still learn, and so is any cell before training; a gated cell whose reach
                 grew at each of its last three recordings, to at least twice the first, is
@@ -97,10 +97,10 @@ class Context:
     nearest: int | None = None  # steps back the task's shortest dependency spans
     initial: bool = False  # recorded on the initial weights, before any update
     metric: float | None = None  # the latest held-out metric (lower is better)
+    chance: float | None = None  # the task's metric for a model that ignores its inputs
     # The reach within FAINT_REACH of the peak at the same earlier recordings (where not
     # given, earlier_reach stands in for it).
     earlier_faint: tuple[int, ...] = ()
-    chance: float | None = None  # the task's metric for a model that ignores its inputs
 
 
 @dataclass
@@ -182,7 +182,7 @@ class Diagnosis:
                     "before the model has learnt anything, but a tanh RNN does not keep that "
                     "reach once it learns to store anything, and fails on tasks of "
                     f"{evidence['tanh_horizon']} steps and more (published results; in the "
-                    "diagnosis suite from 20-30 steps)")
+                    "diagnosis suite's 800 steps, from 15-30)")
         if "reach_at_chance_min" in evidence:
             return ("the held-out metric has not left chance, so the reach is read as on "
                     f"initial weights: within {FAINT_REACH:g} of its peak the gradient reached "
