@@ -23,11 +23,13 @@ trainer knew then: horizon, window, update size, solved, earlier reach):
              --predict` makes from a short run
     end      the last probe, with the final evaluation's "solved"
 
-A verdict is right when it is one of the case's labels. For every verdict that is not
+A verdict is right when it is one of the case's labels. The scores are also given per
+round of the suite (a case's `round`: rounds after the first were trained to test the
+rules the rounds before them shaped). For every verdict that is not
 healthy, its first fix (the flags it prints) is applied and the case trained again with
 the same budget: the fix heals when that run solves the task.
 
-    python benchmarks/doctor.py                # 50 cases, ~230 runs: ~2 hours on 2 cores
+    python benchmarks/doctor.py                # 67 cases, ~310 runs: ~2.5 hours on 2 cores
     python benchmarks/doctor.py --quick        # the cases file's quick subset (~15 min)
     python benchmarks/doctor.py --json         # the numbers, machine-readable
     python benchmarks/doctor.py --no-run       # score what --out holds so far
