@@ -74,7 +74,7 @@ def test_run_report_has_the_diagnosis_in_words_figures_and_config(run_dir, tmp_p
     assert page.count("<img ") == 5 and 'data-figures="5"' in page
     assert f"<title>rnnscope run: {html.escape(EVIL)}</title>" in page
     assert f"verdict-{summary['diagnosis']['verdict']}" in page
-    assert summary["explanation"] in page
+    assert html.escape(summary["explanation"]) in page  # "an Elman RNN's", escaped
     for fix in summary["fix_details"]:
         assert f"<code>{fix['cli']}</code>" in page and fix["remedy"] in page
     assert f"name: {html.escape(EVIL)}" in page  # the config, shown as YAML
