@@ -19,8 +19,10 @@ run, re-computed from its run directory with today's `diagnose` (the flow and wh
 trainer knew then: horizon, window, update size, solved, earlier reach):
 
     init     the first probe, on the initial weights
-    early    the first probe at or after step 50: the prediction `rnnscope diagnose
-             --predict` makes from a short run
+    early    the first probe at or after step 50, told the evaluation of that step: the
+             prediction `rnnscope diagnose --predict` makes from a short run (the
+             trainer's own probe at step 50 comes before that step's evaluation: it
+             sees that metric at its next probe)
     end      the last probe, with the final evaluation's "solved"
 
 A verdict is right when it is one of the case's labels. The scores are also given per

@@ -172,3 +172,14 @@ def test_workers_at_most_the_cores_unless_forced(monkeypatch):
     assert workers("--workers", 1000, force=True) == 1000
     with pytest.raises(ValueError, match="must be an integer >= 1"):
         workers("--workers", 0, force=True)
+
+
+def test_real_takes_any_number_nan_and_inf_included_and_names_the_field_otherwise():
+    from rnnscope.checks import real
+
+    assert real("metric", 1) == 1.0 and real("metric", np.float32(0.5)) == 0.5
+    assert real("metric", torch.tensor(2.0)) == 2.0
+    assert math.isnan(real("metric", float("nan"))) and real("metric", math.inf) == math.inf
+    for bad in ("low", True, None, torch.ones(2)):
+        with pytest.raises(ValueError, match=r"^metric: must be a number, got "):
+            real("metric", bad)

@@ -77,6 +77,26 @@ def test_scores_count_labels_and_leave_out_what_nothing_heals(doctor):
     assert doctor.score(cases)["unlabelled"] == ["nothing-heals"]
 
 
+def test_scores_are_given_per_round_of_the_suite(doctor, tmp_path):
+    """Each case keeps the round it was added in (held-out rounds test the rules the
+    rounds before shaped); the `round` key is read off the case, not passed to training."""
+    def case(name, round_, verdict, labels=("vanishing",)):
+        return doctor.Case(name, {}, labels=set(labels), round=round_,
+                           primary=labels[0] if labels else "unlabelled",
+                           verdicts={"end": verdict})
+
+    cases = [case("a", 1, "vanishing"), case("b", 1, "healthy"), case("c", 3, "vanishing"),
+             case("d", 3, "vanishing", labels=()), case("e", 5, "healthy")]
+    assert doctor.score(cases)["points"]["end"]["by_round"] == {1: [1, 2], 3: [1, 1],
+                                                                5: [0, 1]}
+    cases_file = tmp_path / "cases.yaml"
+    cases_file.write_text("base: {}\ncases:\n  - {name: x, seq_len: 5, round: 4}\n"
+                          "  - {name: y, seq_len: 6}\n")
+    _, loaded = doctor.load(cases_file, quick=False)
+    assert [(c.name, c.settings, c.round) for c in loaded] == [
+        ("x", {"seq_len": 5}, 4), ("y", {"seq_len": 6}, 1)]
+
+
 def test_the_interventions_that_apply(doctor):
     base, cases = doctor.load(doctor.CASES, quick=False)
     by_name = {case.name: case for case in cases}

@@ -71,8 +71,10 @@ def test_the_trainer_tells_the_diagnosis_its_latest_held_out_metric_and_chance()
     from rnnscope.training.trainer import Trainer
 
     trainer = Trainer(tiny_run(run={"steps": 6, "eval_every": 3}, probe={"every": 2}))
-    told, evaluated = [], {}
+    told, evaluated, diagnosed = [], {}, {}
     trainer.on("after_step", lambda state: told.append((state.step, trainer.context())))
+    trainer.on("after_step", lambda state: state.diagnosis is not None and diagnosed.update(
+        {state.step: state.diagnosis.evidence}))
     trainer.on("on_eval", lambda evaluation: evaluated.update({evaluation.step: evaluation}))
     trainer.fit()
     contexts = dict(told)
@@ -81,6 +83,9 @@ def test_the_trainer_tells_the_diagnosis_its_latest_held_out_metric_and_chance()
     # A step's diagnosis comes before that step's evaluation: steps 3 to 6 see step 3's.
     assert contexts[4].metric == contexts[6].metric == evaluated[3].metric
     assert evaluated[6].metric != evaluated[3].metric
+    # What the diagnosis itself was told (probes at steps 1, 2, 4, 6).
+    assert "metric" not in diagnosed[2] and diagnosed[2]["chance"] == trainer.task.baseline
+    assert diagnosed[4]["metric"] == diagnosed[6]["metric"] == evaluated[3].metric
 
 
 def test_a_checkpoint_keeps_the_faint_reaches_and_an_older_one_lends_its_reaches():

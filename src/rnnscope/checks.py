@@ -90,6 +90,15 @@ def number(field: str, value, *, above: float | None = None, minimum: float | No
     return real
 
 
+def real(field: str, value) -> float:
+    """A real number, NaN and inf included (the caller decides what they mean); numpy
+    scalars and one-element tensors count, strings, bools and None do not."""
+    result = _as_float(value)
+    if result is None:
+        raise ValueError(f"{field}: must be a number, got {shown(value)}")
+    return result
+
+
 def positive(field: str, value) -> float:
     return number(field, value, above=0.0)
 

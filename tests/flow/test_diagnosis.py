@@ -316,9 +316,12 @@ def test_an_elman_rnn_at_chance_is_held_to_the_shortest_faint_reach_it_has_had()
     assert at_chance.verdict == "vanishing"
     assert at_chance.evidence["reach_at_chance_min"] == 25
     assert at_chance.evidence["metric"] == 0.353 and at_chance.evidence["chance"] == 1 / 6
-    assert "reached at least 25 steps back at every recording so far (60 within 0.001 " \
+    assert "reached at least 25 steps back at each recent recording (60 within 0.001 " \
         "now), where the task needs 60: an Elman RNN's reach shrinks" in at_chance.summary()
-    assert verdict(0.353, faint=()).evidence["reach_at_chance_min"] == 12  # none given
+    told_less = verdict(0.353, faint=())  # no faint reaches kept: the reaches stand in
+    assert told_less.evidence["reach_at_chance_min"] == 12
+    assert "(earlier ones read to 0.001)" in told_less.summary()
+    assert "earlier ones" not in at_chance.summary()
     kept = verdict(0.353, faint=(60, 60))
     assert kept.verdict == "healthy" and kept.evidence["reach_at_chance_min"] == 60
     assert verdict(0.75 / 6 + 1e-9).verdict == "vanishing"  # just above 3/4 of chance
@@ -480,6 +483,11 @@ def test_an_update_larger_than_the_weights_is_exploding_and_a_smaller_rate_comes
     # Without the rate the fix says the factor, not a value.
     unknown = diagnose(flow, context=Context(horizon=50, update_ratio=4.0))
     assert unknown.fixes[0].change == {"lr": "<0.03x the current>", "clip": "norm:1.0"}
+    # An infinite update has no size to scale by: a tenth of the rate, never lr 0.
+    endless = diagnose(flow, lr=0.5, context=Context(horizon=50, update_ratio=math.inf))
+    assert endless.verdict == "exploding"
+    assert endless.fixes[0].change == {"lr": "0.05", "clip": "norm:1.0"}
+    assert "infinite" in endless.fixes[0].why
     # At the threshold (an update as large as the weights) it is not yet a verdict.
     assert diagnose(flow, context=Context(horizon=50, update_ratio=1.0)).verdict == "healthy"
     # A flow that grows keeps its own cause and fixes.
@@ -499,3 +507,16 @@ def test_an_earlier_huge_update_stays_the_cause_after_the_units_saturate():
     assert remembered.verdict == "exploding"
     assert remembered.evidence["largest_update"] == 5.2
     assert remembered.fixes[0].change == {"lr": "0.02", "clip": "norm:1.0"}
+
+
+def test_the_chance_level_is_told_for_the_tasks_that_know_their_horizon():
+    """LEFT_CHANCE was measured on the synthetic tasks; a file task's baseline is a naive
+    forecast or a unigram model, which a model that has learnt much may still be near."""
+    from types import SimpleNamespace
+
+    from rnnscope.flow.diagnosis import chance_level
+    from rnnscope.tasks import get_task
+
+    assert chance_level(get_task("adding", seq_len=20)) == 1 / 6
+    assert chance_level(get_task("temporal_order", seq_len=20)) == 0.75
+    assert chance_level(SimpleNamespace(baseline=0.9, reach_needed=None)) is None

@@ -191,10 +191,21 @@ def test_the_callback_tells_the_diagnosis_the_horizon_history_and_the_metric(tmp
     assert diagnoses(1.0).last_diagnosis.verdict == "vanishing"  # no monitor: unknown
     missing = diagnoses(1.0, monitor="val_loss", chance=1.0)  # a key never logged
     assert "metric" not in missing.last_diagnosis.evidence
+    assert missing.last_diagnosis.verdict == "vanishing"
+    # A resumed fit tells the diagnosis the same history (the callback's state).
+    resumed = GradientFlowCallback(every=1, horizon=40, monitor="val_metric", chance=1.0)
+    resumed.load_state_dict(at_chance.state_dict())
+    assert (resumed.reaches, resumed.faint_reaches) == (at_chance.reaches,
+                                                        at_chance.faint_reaches)
+    resumed.load_state_dict({"reaches": [3, 4]})  # a state of before: reaches stand in
+    assert resumed.faint_reaches == [3, 4]
+    both = "monitor, chance: give both (the held-out metric's key and its chance level) or " \
+           "neither"
     for options, message in (({"horizon": 0}, "horizon: must be an integer >= 1, got 0"),
                              ({"chance": -1}, "chance: must be a positive number, got -1"),
-                             ({"monitor": ""}, "monitor: must be a key of "
-                                               "trainer.callback_metrics, got ''")):
+                             ({"monitor": "", "chance": 1.0}, "monitor: must be a key of "
+                                                              "trainer.callback_metrics, got ''"),
+                             ({"monitor": "val_mse"}, both), ({"chance": 1.0}, both)):
         with pytest.raises(ValueError) as error:
             GradientFlowCallback(**options)
         assert str(error.value) == message

@@ -8,6 +8,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -176,11 +177,14 @@ def test_a_held_out_metric_at_chance_reaches_the_diagnosis(tmp_path):
     assert blind.history[-1][1].reach < 30
 
     with rnnscope.watch(Model(), tmp_path / "bad", chance=1.0) as watcher:
-        with pytest.raises(ValueError, match=r"^metric: must be a finite number, got 'low'$"):
+        with pytest.raises(ValueError, match=r"^metric: must be a number, got 'low'$"):
             watcher.held_out("low")
-        watcher.held_out(0.5)
-        with pytest.warns(UserWarning, match="held_out_metric not finite"):
-            watcher.held_out(float("nan"))
-        assert watcher._metric is None  # unknown again, not the last finite one
+        watcher.held_out(np.float32(0.5))
+        assert watcher._metric == 0.5
+        for nan in (float("nan"), np.float32("nan"), torch.tensor(float("inf"))):
+            watcher.held_out(0.5)
+            with pytest.warns(UserWarning, match="held_out_metric not finite"):
+                watcher.held_out(nan)
+            assert watcher._metric is None  # unknown again, not the last finite one
     with pytest.raises(ValueError, match=r"^chance: must be a positive number, got 0$"):
         rnnscope.watch(Model(), tmp_path / "bad2", chance=0)

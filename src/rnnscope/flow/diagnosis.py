@@ -32,8 +32,9 @@ order they are decided:
                 three recordings once it has three before (its reach swings: 100 steps at
                 one, 3 at the next); while its held-out metric has not left chance (above
                 3/4 of the task's chance level: it stores nothing yet) it is read as on its
-                initial weights, to 1e-6, and held to the shortest such reach of all its
-                recordings.
+                initial weights, to 1e-6, and held to the shortest such reach of the
+                recordings it is told of (the last eight: the initial one among them early
+                in a run).
                 A gated cell (LSTM, GRU) is read down to 1e-6 of the peak, where its gates
                 still learn, and so is any cell before training; a gated cell whose reach
                 grew at each of its last three recordings, to at least twice the first, is
@@ -178,16 +179,17 @@ class Diagnosis:
                     f"gradient over the {horizon} steps it needs"
                     + ("" if self.verdict == "healthy" else ": too little"))
         if "tanh_horizon" in evidence:
-            return (f"the gradient reaches {self.reach} of the {horizon} steps the task needs "
+            return (f"the gradient reaches {self.reach} steps back (the task needs {horizon}) "
                     "before the model has learnt anything, but a tanh RNN does not keep that "
-                    "reach once it learns to store anything, and fails on tasks of "
-                    f"{evidence['tanh_horizon']} steps and more (published results; in the "
-                    "diagnosis suite's 800 steps, from 15-30)")
+                    "reach once it learns to store anything, and in published results fails "
+                    f"on tasks of {evidence['tanh_horizon']} steps and more")
         if "reach_at_chance_min" in evidence:
+            earlier = (f" (earlier ones read to {REACH_THRESHOLD:g})"
+                       if "earlier_read_at" in evidence else "")
             return ("the held-out metric has not left chance, so the reach is read as on "
                     f"initial weights: within {FAINT_REACH:g} of its peak the gradient reached "
-                    f"at least {evidence['reach_at_chance_min']} steps back at every "
-                    f"recording so far ({self.reach} within {REACH_THRESHOLD:g} now), where "
+                    f"at least {evidence['reach_at_chance_min']} steps back at each recent "
+                    f"recording{earlier} ({self.reach} within {REACH_THRESHOLD:g} now), where "
                     f"the task needs {horizon}" + (
                         "" if self.verdict == "healthy" else ": an Elman RNN's reach shrinks "
                         "further once it has to store anything"))
@@ -344,14 +346,17 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
     faint = evidence["reach_faint"]
     if cell in ELMAN and untrained and not context.initial and context.earlier_reach:
         # An Elman RNN still at chance is read as on its initial weights (to 1e-6 of the
-        # peak) and held to the shortest such reach of its recordings, the initial one
-        # included: while it stores nothing its reach swings far (add-T100-tanh: 25, 100,
-        # 100 steps at steps 1, 25, 50, at chance, then 5 from step 75; to-L40-tanh: 25,
-        # 40, 40, then 5-6), and to store it must contract (Bengio et al. 1994). Read to
-        # 1e-3 the rule called to-L20-tanh at lr 1e-3 vanishing (13 steps at steps 1 and
-        # 25, at chance by step 50) and it solved: to 1e-6 it reached all 20 each time.
+        # peak) and held to the shortest such reach of the recordings it is told of (the
+        # trainer's last eight, the initial one among them early on): while it stores
+        # nothing its reach swings far (add-T100-tanh: 25, 100, 100 steps at steps 1, 25,
+        # 50, at chance, then 5 from step 75; to-L40-tanh: 25, 40, 40, then 5-6), and to
+        # store it must contract (Bengio et al. 1994). Read to 1e-3 the rule called
+        # to-L20-tanh at lr 1e-3 vanishing (13 steps at steps 1 and 25, at chance by step
+        # 50) and it solved: to 1e-6 it reached all 20 each time.
         shortest = min(*(context.earlier_faint or context.earlier_reach), faint)
         evidence["reach_at_chance_min"] = shortest
+        if not context.earlier_faint:
+            evidence["earlier_read_at"] = REACH_THRESHOLD  # the faint reaches were not kept
         return "healthy" if shortest >= needed else "vanishing"
     if (cell in GATED or untrained) and faint >= needed:
         # Gates learn from a faint gradient: LSTMs with 10^-5.8 .. 10^-3.5 of the peak at
@@ -387,6 +392,14 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         evidence["reach_trend"] = " -> ".join(str(r) for r in recent)
         return "healthy"
     return "vanishing"
+
+
+def chance_level(task) -> float | None:
+    """The chance level the diagnosis reads a task's held-out metric against: its baseline
+    where the task knows the horizon it needs (the synthetic tasks, on which `LEFT_CHANCE`
+    was measured); None for the others, whose baseline is a naive forecast or a unigram
+    model that a model far from chance may still be near (persistence, unigram bits)."""
+    return task.baseline if task.reach_needed is not None else None
 
 
 def _at_chance(context: Context) -> bool:

@@ -189,12 +189,17 @@ def _rate_for(lr: float | None, update_ratio: float) -> dict[str, str]:
     largest moved them by `update_ratio` (> 1): an update's size is in proportion to the
     rate. In the diagnosis suite a tenth of the rate healed Adam at lr 0.3 (a GRU, first
     update 4.2x the weights) but at lr 1 (an LSTM, 5.2x) only in one of three runs."""
+    if not math.isfinite(update_ratio):  # no size to scale by: a tenth
+        return {"lr": f"{lr / 10:g}"} if lr else {"lr": "<a tenth of the current>"}
     if not lr:
         return {"lr": f"<{FIRST_UPDATE / update_ratio:.1g}x the current>"}
     return {"lr": f"{lr * FIRST_UPDATE / update_ratio:.1g}"}
 
 
 def _sized_down(lr: float | None, update_ratio: float) -> str:
+    if not math.isfinite(update_ratio):
+        return ("an update moved the weights by an infinite multiple of their norm: a tenth "
+                "of the rate, with clipping by norm 1, keeps each step inside the weights")
     return (f"each update moves the weights by {update_ratio:.2g}x their norm; runs that learn "
             f"move them by {FIRST_UPDATE:g} of it at most at first: a rate "
             f"{update_ratio / FIRST_UPDATE:.2g}x smaller, with clipping by norm 1, keeps each "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rnnscope.flow.diagnosis import Context
+from rnnscope.flow.diagnosis import Context, chance_level
 from rnnscope.rundir.directory import METRICS, read_records
 from rnnscope.training.config import ExperimentConfig
 from rnnscope.training.run import train
@@ -53,7 +53,7 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
     task = short.task.build()
     return ShortRun(weights, Context(
         horizon=task.reach_needed, window=config.bptt.window, nearest=task.nearest_dependency,
-        solved=result.solved, metric=result.metric, chance=result.baseline,
+        solved=result.solved, metric=result.metric, chance=chance_level(task),
         update_ratio=updates[-1] if updates else None,
         # The model diagnosed is the last probe's, one update on: its reach is "now".
         earlier_reach=tuple(line["reach"] for line in probes[:-1]),

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnscope.checks import choice, integer, number
+from rnnscope.checks import choice, integer, number, real
 from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import snapshot as parameter_copies
@@ -109,14 +109,10 @@ class Watch:
         """The latest held-out metric (lower is better; a 0-d tensor is read here): logged
         as `held_out_metric` and, against `chance`, told to the diagnosis (an Elman RNN
         or a GRU still at chance is read for what it will keep, not what it reaches)."""
-        if isinstance(metric, torch.Tensor) and metric.numel() == 1:
-            metric = metric.item()
-        if isinstance(metric, float) and not math.isfinite(metric):
-            self._metric = None  # nothing known of it; `nonfinite` decides what log does
-            self.log(held_out_metric=metric)
-            return
-        self._metric = number("metric", metric)
-        self.log(held_out_metric=self._metric)
+        value = real("metric", metric)
+        # A NaN or inf metric tells nothing of chance; `nonfinite` decides what log does.
+        self._metric = value if math.isfinite(value) else None
+        self.log(held_out_metric=value)
 
     def _step_opens(self, step: int, recorded: bool) -> None:
         # The weights before a recorded step's update: at the next step's first forward

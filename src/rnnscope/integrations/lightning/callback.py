@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from rnnscope.checks import integer, number
+from rnnscope.checks import integer, number, real
 from rnnscope.flow.diagnosis import VERDICTS, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.recording import Recorder, record
@@ -123,6 +123,9 @@ class GradientFlowCallback(Callback):
                              f"{monitor!r}")
         self.monitor = monitor
         self.chance = None if chance is None else number("chance", chance, above=0.0)
+        if (monitor is None) != (chance is None):
+            raise ValueError("monitor, chance: give both (the held-out metric's key and its "
+                             "chance level) or neither")
         self.reaches: list[int] = []  # the reach at each kept recording, oldest first
         self.faint_reaches: list[int] = []  # the same, within 1e-6 of the peak
         self.every = integer("every", every, 1)
@@ -148,15 +151,24 @@ class GradientFlowCallback(Callback):
     def context(self, trainer: Trainer) -> Context:
         """What the diagnosis of the current batch's flow is told besides the flow."""
         metric = None
-        if self.monitor is not None:
-            value = trainer.callback_metrics.get(self.monitor)
-            if value is not None:
-                value = float(value)
-                metric = value if math.isfinite(value) else None
+        if self.monitor is not None and self.monitor in trainer.callback_metrics:
+            try:
+                value = real(self.monitor, trainer.callback_metrics[self.monitor])
+            except ValueError:  # not one number (a tensor of several): nothing known
+                value = math.nan
+            metric = value if math.isfinite(value) else None
         return Context(horizon=self.horizon, initial=self._step == 0,
                        earlier_reach=tuple(self.reaches[-8:]),
                        earlier_faint=tuple(self.faint_reaches[-8:]), metric=metric,
                        chance=self.chance)
+
+    def state_dict(self) -> dict:
+        """The reach histories, so that a resumed fit tells the diagnosis the same."""
+        return {"reaches": list(self.reaches), "faint_reaches": list(self.faint_reaches)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.reaches = list(state_dict.get("reaches", []))
+        self.faint_reaches = list(state_dict.get("faint_reaches", self.reaches))
 
     def due(self, batch: int) -> bool:
         """Whether training batch `batch` (0-based, across epochs) is recorded: step
