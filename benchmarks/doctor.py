@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from rnnscope.files import read_yaml
-from rnnscope.flow.diagnosis import VERDICTS, Context, diagnose
+from rnnscope.flow.diagnosis import HISTORY, VERDICTS, Context, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.rundir.directory import read_records
 from rnnscope.study.spec import study_from_dict
@@ -190,7 +190,7 @@ def judge(case: Case, run_dir: Path) -> None:
         held_out = next((e for e in reversed(evals) if e["step"] <= probe["step"]), {})
         solved = summary.get("solved") if point == "end" else held_out.get("solved")
         before = [p for p in probes if p["step"] < probe["step"]
-                  and isinstance(p.get("reach"), int)][-8:]
+                  and isinstance(p.get("reach"), int)][-HISTORY:]
         earlier = tuple(p["reach"] for p in before)
         faint = tuple(p.get("reach_faint") or _faint(p["flow"]) for p in before)
         updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]

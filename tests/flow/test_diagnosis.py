@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnscope
-from rnnscope.flow.diagnosis import REACH_THRESHOLD, Context, diagnose
+from rnnscope.flow.diagnosis import HISTORY, REACH_THRESHOLD, Context, diagnose
 from rnnscope.flow.recording import GradientFlow
 from rnnscope.models.init import parse_init_spec
 from rnnscope.models.sequence import SequenceModel
@@ -336,6 +336,9 @@ def test_an_elman_rnn_at_chance_is_held_to_the_shortest_faint_reach_it_has_had()
     # Longer ago than the three-recording rule looks: at chance, every reach given counts.
     far = verdict(0.353, earlier=(9, 60, 60, 60), faint=(9, 60, 60, 60))
     assert far.verdict == "vanishing" and far.evidence["reach_at_chance_min"] == 9
+    # Only the last HISTORY (8) are read, however many a caller gives.
+    older = (9,) + (60,) * HISTORY
+    assert verdict(0.353, earlier=older, faint=older).verdict == "healthy"
     # The suite's to-L20-tanh at lr 1e-3: 13 steps within 1e-3 at steps 1 and 25, all 20
     # within 1e-6; at chance at step 50, it went on to solve. Read to 1e-3 it was a false
     # alarm; read as untrained, it is healthy.

@@ -74,6 +74,7 @@ GATED = tuple(name for name, spec in CELLS.items() if spec.gated)
 ELMAN = tuple(name for name, spec in CELLS.items() if not spec.gated)
 FAINT_REACH = 1e-6  # a gated cell's gradient still teaches its gates down to this
 TREND = 3  # recordings, this one included, that the reach trend is read over
+HISTORY = 8  # earlier recordings the diagnosis reads (callers keep no more in a Context)
 # A held-out metric below this share of chance: the model has learnt something. In the
 # diagnosis suite the Elman RNN that solved (temporal order, L=20) was at 0.5 of chance by
 # step 50; those that never learnt stayed at 0.87-2.1 of it (evaluated on 64 sequences).
@@ -93,7 +94,8 @@ class Context:
     window: int | None = None  # the truncated-BPTT window in force (None: full BPTT)
     solved: bool | None = None  # the held-out metric is below the task's threshold
     update_ratio: float | None = None  # ||dtheta|| / ||theta|| of the latest update
-    earlier_reach: tuple[int, ...] = ()  # the reach at earlier recordings, oldest first
+    # The reach at earlier recordings, oldest first (the last HISTORY of them are read).
+    earlier_reach: tuple[int, ...] = ()
     largest_update: float | None = None  # the largest update ratio of earlier recordings
     nearest: int | None = None  # steps back the task's shortest dependency spans
     initial: bool = False  # recorded on the initial weights, before any update
@@ -353,7 +355,8 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         # store it must contract (Bengio et al. 1994). Read to 1e-3 the rule called
         # to-L20-tanh at lr 1e-3 vanishing (13 steps at steps 1 and 25, at chance by step
         # 50) and it solved: to 1e-6 it reached all 20 each time.
-        shortest = min(*(context.earlier_faint or context.earlier_reach), faint)
+        earlier = (context.earlier_faint or context.earlier_reach)[-HISTORY:]
+        shortest = min(*earlier, faint)
         evidence["reach_at_chance_min"] = shortest
         if not context.earlier_faint:
             evidence["earlier_read_at"] = REACH_THRESHOLD  # the faint reaches were not kept

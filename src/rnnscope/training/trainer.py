@@ -29,7 +29,7 @@ from torch import Tensor
 
 from rnnscope.checks import integer
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
-from rnnscope.flow.diagnosis import Context, Diagnosis, chance_level, diagnose
+from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, chance_level, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import grad_norms, update_ratio
 from rnnscope.flow.probes import snapshot as parameter_copies
@@ -230,8 +230,8 @@ class Trainer:
                        metric=evaluation.metric if evaluation is not None else None,
                        chance=chance_level(self.task),
                        update_ratio=update if update is not None else self.last_update(),
-                       earlier_reach=tuple(self.reach_history[-8:]),
-                       earlier_faint=tuple(self.faint_history[-8:]),
+                       earlier_reach=tuple(self.reach_history[-HISTORY:]),
+                       earlier_faint=tuple(self.faint_history[-HISTORY:]),
                        largest_update=self.largest_update,
                        nearest=self.task.nearest_dependency,
                        initial=(self.step + 1 if step is None else step) <= 1)

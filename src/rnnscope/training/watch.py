@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rnnscope.checks import choice, integer, number, real
-from rnnscope.flow.diagnosis import Context, Diagnosis, diagnose
+from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import snapshot as parameter_copies
 from rnnscope.flow.probes import update_ratio
@@ -125,8 +125,9 @@ class Watch:
             ratio = float(update_ratio(self._before, dict(self.model.named_parameters()))[
                 "update_ratio_total"])
         context = Context(horizon=self.horizon, update_ratio=ratio or None,
-                          earlier_reach=tuple(d.reach for _, d in self.history[-8:]),
-                          earlier_faint=tuple(_faint(d) for _, d in self.history[-8:]),
+                          earlier_reach=tuple(d.reach for _, d in self.history[-HISTORY:]),
+                          earlier_faint=tuple(d.evidence["reach_faint"]
+                                              for _, d in self.history[-HISTORY:]),
                           largest_update=self._largest_update, initial=step <= 1,
                           metric=self._metric, chance=self.chance)
         if ratio and math.isfinite(ratio):
@@ -170,9 +171,10 @@ class Watch:
                    "message": "" if exc is None else str(exc).splitlines()[0][:500]}
         if self.recorder.recorded:  # the latest recording, with the model's evidence
             latest = self.history[-1][0] if self.history else self.step
-            context = Context(horizon=self.horizon,  # its reach is "now", not an earlier one
-                              earlier_reach=tuple(d.reach for _, d in self.history[-9:-1]),
-                              earlier_faint=tuple(_faint(d) for _, d in self.history[-9:-1]),
+            earlier = [d for _, d in self.history[-HISTORY - 1:-1]]  # the latest is "now"
+            context = Context(horizon=self.horizon,
+                              earlier_reach=tuple(d.reach for d in earlier),
+                              earlier_faint=tuple(d.evidence["reach_faint"] for d in earlier),
                               largest_update=self._largest_update, initial=latest <= 1,
                               metric=self._metric, chance=self.chance)
             summary.update(diagnose(self.recorder, context=context).report_fields())
@@ -200,10 +202,6 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
                  cell_state=cell_state, name=name, horizon=horizon, chance=chance)
-
-
-def _faint(diagnosis: Diagnosis) -> int:
-    return diagnosis.evidence.get("reach_faint", diagnosis.reach)
 
 
 def _rank() -> int:

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rnnscope.checks import integer, number, real
-from rnnscope.flow.diagnosis import VERDICTS, Context, Diagnosis, diagnose
+from rnnscope.flow.diagnosis import HISTORY, VERDICTS, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.recording import Recorder, record
 from rnnscope.models.recurrent import require_recurrent
@@ -158,8 +158,8 @@ class GradientFlowCallback(Callback):
                 value = math.nan
             metric = value if math.isfinite(value) else None
         return Context(horizon=self.horizon, initial=self._step == 0,
-                       earlier_reach=tuple(self.reaches[-8:]),
-                       earlier_faint=tuple(self.faint_reaches[-8:]), metric=metric,
+                       earlier_reach=tuple(self.reaches[-HISTORY:]),
+                       earlier_faint=tuple(self.faint_reaches[-HISTORY:]), metric=metric,
                        chance=self.chance)
 
     def state_dict(self) -> dict:
