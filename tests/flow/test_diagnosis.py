@@ -336,6 +336,18 @@ def test_an_elman_rnn_at_chance_is_held_to_the_shortest_faint_reach_it_has_had()
     # Longer ago than the three-recording rule looks: at chance, every reach given counts.
     far = verdict(0.353, earlier=(9, 60, 60, 60), faint=(9, 60, 60, 60))
     assert far.verdict == "vanishing" and far.evidence["reach_at_chance_min"] == 9
+    # With three earlier recordings it is held to its last three within 1e-3 as well: at
+    # chance never more kindly than in training (the demo's IRNN: 35-50 steps within 1e-3,
+    # all 50 within 1e-6, at chance after 800 steps).
+    swinging = diagnose(flow_from_profile([1.0] * 35 + [1e-4] * 15),
+                        current={"cell": "rnn_relu"}, context=Context(
+                            horizon=50, earlier_reach=(50, 40, 50), earlier_faint=(50,) * 3,
+                            metric=0.154, chance=1 / 6))
+    assert swinging.reach == 35 and swinging.evidence["reach_faint"] == 50
+    assert swinging.evidence["reach_at_chance_min"] == 50
+    assert swinging.verdict == "vanishing" and swinging.evidence["reach_recent_min"] == 35
+    assert swinging.summary().startswith("the gradient falls below 0.001 of its peak 35 "
+                                         "steps back, where the task needs 50")
     # Only the last HISTORY (8) are read, however many a caller gives.
     older = (9,) + (60,) * HISTORY
     assert verdict(0.353, earlier=older, faint=older).verdict == "healthy"
