@@ -35,6 +35,12 @@ the same budget: the fix heals when that run solves the task.
     python benchmarks/doctor.py --quick        # the cases file's quick subset (~15 min)
     python benchmarks/doctor.py --json         # the numbers, machine-readable
     python benchmarks/doctor.py --no-run       # score what --out holds so far
+    python benchmarks/doctor.py --seeds 2      # also every case as written with seed 1
+
+Training is chaotic: near the edge of what a setup can learn, the seed decides. With
+`--seeds N` every case is also trained as written with seeds 1 to N-1 (study
+`doctor-seeds`), and the scores add the verdicts on the cases whose outcome as written
+every seed agrees on, and name those where it does not (their labels stand on one seed).
 """
 
 from __future__ import annotations
@@ -77,6 +83,9 @@ class Case:
     verdicts: dict[str, str] = field(default_factory=dict)  # point -> verdict
     fixes: dict[str, dict] = field(default_factory=dict)  # point -> first fix's change
     healed: dict[str, bool] = field(default_factory=dict)  # point -> the fix healed
+    # Trained as written with other seeds (--seeds): True when one of them ended otherwise
+    # (solved where the labelling run did not, or the reverse); None: not trained so.
+    flips: bool | None = None
 
 
 def load(path: Path, quick: bool) -> tuple[dict, list[Case]]:
@@ -270,7 +279,12 @@ def score(cases: list[Case]) -> dict:
                       for c in judged if c.verdicts[point] not in c.labels},
             "by_round": {r: [sum(c.verdicts[point] in c.labels for c in judged
                                  if c.round == r), sum(c.round == r for c in judged)]
-                         for r in sorted({c.round for c in judged})}}
+                         for r in sorted({c.round for c in judged})},
+            # on the cases every seed agrees on, and those the seed decides
+            "seed_stable": [sum(c.verdicts[point] in c.labels for c in judged
+                                if c.flips is False), sum(c.flips is False for c in judged)],
+            "seed_flipped": {c.name: c.verdicts[point] in c.labels for c in judged
+                             if c.flips}}
     return result
 
 
@@ -305,6 +319,13 @@ def print_tables(cases: list[Case], scores: dict) -> None:
             print(f"  wrong: {name}: {why}")
         print("  right by round: " + ", ".join(f"{r}: {right}/{judged}" for r, (right, judged)
                                                 in s["by_round"].items()))
+        right, stable = s["seed_stable"]
+        if stable:
+            flipped = s["seed_flipped"]
+            print(f"  on the {stable} cases whose outcome as written every seed agrees on: "
+                  f"{right}/{stable} right ({right / stable:.0%}); the seed decides "
+                  f"{len(flipped)}: " + ", ".join(
+                      f"{n} ({'right' if ok else 'wrong'})" for n, ok in flipped.items()))
 
 
 def _pct(value) -> str:
@@ -320,14 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("studies"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also train every case as written with seeds 1 to N-1 and "
+                             "score apart the cases whose outcome every seed agrees on")
     parser.add_argument("--no-run", action="store_true",
                         help="score what --out holds, run nothing: cases whose labelling "
                              "runs are not all done are left out, fixes not yet run too")
     args = parser.parse_args(argv)
     base, cases = load(args.cases, args.quick)
     name = "doctor-quick" if args.quick else "doctor"
+    if args.seeds < 1:
+        parser.error(f"--seeds: expected a whole number of at least 1, got {args.seeds}")
     if args.no_run:
         cases = held(base, cases, args.out / f"{name}-labels", args.out / f"{name}-fixes")
+        seeded(cases, _rows(args.out / f"{name}-labels"), _rows(args.out / f"{name}-seeds"))
         return report(cases, args.json)
     # The labels in two rounds of one study (it grows; what is done stays done): every
     # case as written; the interventions for those that did not solve.
@@ -346,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         label(case, rows)
         judge(case, args.out / f"{name}-labels" / "runs" / f"{case.name}.baseline")
+    if args.seeds > 1:
+        seed_rows = run(f"{name}-seeds", base, [
+            {"name": f"{case.name}.seed{seed}", **case.settings, "run.seed": seed}
+            for case in cases for seed in range(1, args.seeds)], args.out, args.workers)
+        seeded(cases, rows, seed_rows)
     # One run per distinct fix of a case, named by its flags: the points that give the
     # same first fix share it, and a fix the rules no longer give stays, unused.
     runs = {fix_name(case, change): {**case.settings, **fix_variant(change)}
@@ -367,6 +399,18 @@ def main(argv: list[str] | None = None) -> int:
     return report(cases, args.json)
 
 
+def seeded(cases: list[Case], rows: dict, seed_rows: dict) -> None:
+    """Mark the cases whose outcome as written another seed changed (`Case.flips`), from
+    the seeds study's runs of each (`<case>.seed<N>`); a case with none stays unknown."""
+    for case in cases:
+        baseline = rows.get(f"{case.name}.baseline")
+        others = [row for run_name, row in seed_rows.items()
+                  if run_name.startswith(f"{case.name}.seed")
+                  and run_name[len(case.name) + 5:].isdigit()]
+        if baseline is not None and others:
+            case.flips = any(_solved(row) != _solved(baseline) for row in others)
+
+
 def fix_name(case: Case, change: dict) -> str:
     """The fixes study's run of a case's first fix: the case and the fix's flags."""
     flags = "_".join(f"{flag}-{value}" for flag, value in sorted(change.items()))
@@ -378,7 +422,8 @@ def report(cases: list[Case], as_json: bool) -> int:
     if as_json:
         print(json.dumps({"scores": scores, "cases": [
             {"name": c.name, "labels": sorted(c.labels), "primary": c.primary,
-             "verdicts": c.verdicts, "fixes": c.fixes, "healed": c.healed} for c in cases]},
+             "verdicts": c.verdicts, "fixes": c.fixes, "healed": c.healed,
+             "flips": c.flips} for c in cases]},
             indent=2))
     else:
         print_tables(cases, scores)

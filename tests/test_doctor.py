@@ -97,6 +97,26 @@ def test_scores_are_given_per_round_of_the_suite(doctor, tmp_path):
         ("x", {"seq_len": 5}, 4), ("y", {"seq_len": 6}, 1)]
 
 
+def test_cases_the_seed_decides_are_named_and_scored_apart(doctor):
+    """A case whose outcome as written another seed changes is marked (its labels stand on
+    one seed); the scores add the verdicts on the cases every seed agrees on."""
+    rows = {**rows_of("steady", baseline=False), **rows_of("coin", baseline=True),
+            **rows_of("alone", baseline=False)}
+    seed_rows = {**rows_of("steady", seed1=False, seed2=False),
+                 **rows_of("coin", seed1=True, seed2=False),
+                 **rows_of("steady-other", seed1=True)}  # a longer name, not "steady"'s
+    cases = [doctor.Case(name, {}, labels={"vanishing"}, primary="vanishing",
+                         verdicts={"end": verdict})
+             for name, verdict in (("steady", "vanishing"), ("coin", "healthy"),
+                                   ("alone", "healthy"))]
+    doctor.seeded(cases, rows, seed_rows)
+    assert [c.flips for c in cases] == [False, True, None]  # "alone": no other seed run
+    end = doctor.score(cases)["points"]["end"]
+    assert end["seed_stable"] == [1, 1]
+    assert end["seed_flipped"] == {"coin": False}
+    assert (end["right"], end["judged"]) == (1, 3)  # the plain score is unchanged
+
+
 def test_the_interventions_that_apply(doctor):
     base, cases = doctor.load(doctor.CASES, quick=False)
     by_name = {case.name: case for case in cases}
@@ -131,7 +151,7 @@ def test_the_script_labels_judges_and_scores_a_small_suite(tmp_path):
         "  - {name: cut, task.name: temporal_order, seq_len: 10, cell: lstm, window: 2}\n")
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "doctor.py"), "--quick", "--json", "--cases",
-         str(cases), "--out", str(tmp_path / "out"), "--workers", "1"],
+         str(cases), "--out", str(tmp_path / "out"), "--workers", "1", "--seeds", "2"],
         capture_output=True, text=True, timeout=600, cwd=BENCHMARKS)
     assert result.returncode == 0, result.stderr[-2000:]
     exam = json.loads(result.stdout[result.stdout.index("{"):])
@@ -146,4 +166,9 @@ def test_the_script_labels_judges_and_scores_a_small_suite(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "out" / "doctor-quick-labels" / "runs").iterdir()
                   if not p.name.startswith("."))  # the runs' lock files
     assert runs == ["cut.baseline", "cut.full", "noise.baseline", "noise.lr_up"]
+    # --seeds 2: each case as written once more, with seed 1; neither solves either way.
+    seeded = sorted(p.name for p in (tmp_path / "out" / "doctor-quick-seeds" / "runs")
+                    .iterdir() if not p.name.startswith("."))
+    assert seeded == ["cut.seed1", "noise.seed1"]
+    assert [case["flips"] for case in exam["cases"]] == [False, False]
     assert exam["scores"]["cases"] == 2
