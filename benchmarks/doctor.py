@@ -31,11 +31,11 @@ rules the rounds before them shaped). For every verdict that is not
 healthy, its first fix (the flags it prints) is applied and the case trained again with
 the same budget: the fix heals when that run solves the task.
 
-    python benchmarks/doctor.py                # 67 cases, ~310 runs: ~2.5 hours on 2 cores
+    python benchmarks/doctor.py                # 86 cases, ~370 runs: ~1.1 hours on 2 cores
     python benchmarks/doctor.py --quick        # the cases file's quick subset (~15 min)
     python benchmarks/doctor.py --json         # the numbers, machine-readable
     python benchmarks/doctor.py --no-run       # score what --out holds so far
-    python benchmarks/doctor.py --seeds 2      # also every case as written with seed 1
+    python benchmarks/doctor.py --seeds 2      # and every case as written with seed 1 (+86)
 
 Training is chaotic: near the edge of what a setup can learn, the seed decides. With
 `--seeds N` every case is also trained as written with seeds 1 to N-1 (study

@@ -215,6 +215,8 @@ def test_a_tanh_rnn_on_its_initial_weights_is_held_to_the_suites_limit():
 
     held = verdict()
     assert held.verdict == "vanishing" and held.evidence["tanh_horizon"] == 50
+    assert "none learnt a task of 50 steps or more in rnnscope's diagnosis suite" in \
+        held.summary()
     assert held.reach == 120 and "does not keep that reach" in held.summary()
     assert held.fixes[0].change == {"cell": "lstm", "init": "chrono:100"}
     assert verdict(horizon=50).verdict == "vanishing"  # the suite: none of these learnt
