@@ -320,12 +320,14 @@ def print_tables(cases: list[Case], scores: dict) -> None:
         print("  right by round: " + ", ".join(f"{r}: {right}/{judged}" for r, (right, judged)
                                                 in s["by_round"].items()))
         right, stable = s["seed_stable"]
-        if stable:
-            flipped = s["seed_flipped"]
+        flipped = s["seed_flipped"]
+        if stable or flipped:
+            agreed = (f"{right}/{stable} right ({right / stable:.0%})" if stable
+                      else "none")
+            decided = ", ".join(f"{n} ({'right' if ok else 'wrong'})"
+                                for n, ok in flipped.items()) or "none"
             print(f"  on the {stable} cases whose outcome as written every seed agrees on: "
-                  f"{right}/{stable} right ({right / stable:.0%}); the seed decides "
-                  f"{len(flipped)}: " + ", ".join(
-                      f"{n} ({'right' if ok else 'wrong'})" for n, ok in flipped.items()))
+                  f"{agreed}; the seed decides {len(flipped)}: {decided}")
 
 
 def _pct(value) -> str:
@@ -348,13 +350,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="score what --out holds, run nothing: cases whose labelling "
                              "runs are not all done are left out, fixes not yet run too")
     args = parser.parse_args(argv)
-    base, cases = load(args.cases, args.quick)
-    name = "doctor-quick" if args.quick else "doctor"
     if args.seeds < 1:
         parser.error(f"--seeds: expected a whole number of at least 1, got {args.seeds}")
+    base, cases = load(args.cases, args.quick)
+    name = "doctor-quick" if args.quick else "doctor"
     if args.no_run:
         cases = held(base, cases, args.out / f"{name}-labels", args.out / f"{name}-fixes")
-        seeded(cases, _rows(args.out / f"{name}-labels"), _rows(args.out / f"{name}-seeds"))
+        seeded(cases, _rows(args.out / f"{name}-labels"), _rows(args.out / f"{name}-seeds"),
+               args.seeds)
         return report(cases, args.json)
     # The labels in two rounds of one study (it grows; what is done stays done): every
     # case as written; the interventions for those that did not solve.
@@ -374,10 +377,20 @@ def main(argv: list[str] | None = None) -> int:
         label(case, rows)
         judge(case, args.out / f"{name}-labels" / "runs" / f"{case.name}.baseline")
     if args.seeds > 1:
-        seed_rows = run(f"{name}-seeds", base, [
-            {"name": f"{case.name}.seed{seed}", **case.settings, "run.seed": seed}
-            for case in cases for seed in range(1, args.seeds)], args.out, args.workers)
-        seeded(cases, rows, seed_rows)
+        # Every seed run the study holds stays declared (a study never loses a run); the
+        # scores read seeds 1 to N-1.
+        wanted = {f"{case.name}.seed{seed}": {"name": f"{case.name}.seed{seed}",
+                                              **case.settings, "run.seed": seed}
+                  for case in cases for seed in range(1, args.seeds)}
+        by_case = {case.name: case for case in cases}
+        for run_name in _stored(args.out / f"{name}-seeds"):
+            case_name, _, seed = run_name.rpartition(".seed")
+            if run_name not in wanted and case_name in by_case and seed.isdigit():
+                wanted[run_name] = {"name": run_name, **by_case[case_name].settings,
+                                    "run.seed": int(seed)}
+        run(f"{name}-seeds", base, list(wanted.values()), args.out, args.workers)
+        seeded(cases, _rows(args.out / f"{name}-labels"), _rows(args.out / f"{name}-seeds"),
+               args.seeds)
     # One run per distinct fix of a case, named by its flags: the points that give the
     # same first fix share it, and a fix the rules no longer give stays, unused.
     runs = {fix_name(case, change): {**case.settings, **fix_variant(change)}
@@ -399,15 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     return report(cases, args.json)
 
 
-def seeded(cases: list[Case], rows: dict, seed_rows: dict) -> None:
+def seeded(cases: list[Case], rows: dict, seed_rows: dict, seeds: int) -> None:
     """Mark the cases whose outcome as written another seed changed (`Case.flips`), from
-    the seeds study's runs of each (`<case>.seed<N>`); a case with none stays unknown."""
+    the done runs `<case>.seed1` to `<case>.seed<seeds-1>` of the seeds study; a case
+    missing any of them, or its own labelling run, stays unknown."""
     for case in cases:
         baseline = rows.get(f"{case.name}.baseline")
-        others = [row for run_name, row in seed_rows.items()
-                  if run_name.startswith(f"{case.name}.seed")
-                  and run_name[len(case.name) + 5:].isdigit()]
-        if baseline is not None and others:
+        others = [seed_rows.get(f"{case.name}.seed{seed}") for seed in range(1, seeds)]
+        if baseline is not None and others and all(others):
             case.flips = any(_solved(row) != _solved(baseline) for row in others)
 
 

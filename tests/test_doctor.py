@@ -99,22 +99,36 @@ def test_scores_are_given_per_round_of_the_suite(doctor, tmp_path):
 
 def test_cases_the_seed_decides_are_named_and_scored_apart(doctor):
     """A case whose outcome as written another seed changes is marked (its labels stand on
-    one seed); the scores add the verdicts on the cases every seed agrees on."""
+    one seed); the scores add the verdicts on the cases every seed agrees on. Only seeds 1
+    to N-1 are read, each by its exact run name, and a case missing one stays unknown."""
     rows = {**rows_of("steady", baseline=False), **rows_of("coin", baseline=True),
-            **rows_of("alone", baseline=False)}
-    seed_rows = {**rows_of("steady", seed1=False, seed2=False),
+            **rows_of("alone", baseline=False), **rows_of("partial", baseline=False)}
+    seed_rows = {**rows_of("steady", seed1=False, seed2=False, seed3=True),
                  **rows_of("coin", seed1=True, seed2=False),
-                 **rows_of("steady-other", seed1=True)}  # a longer name, not "steady"'s
+                 **rows_of("partial", seed1=False),
+                 **rows_of("alone-other", seed1=True)}  # a longer name, not "alone"'s
     cases = [doctor.Case(name, {}, labels={"vanishing"}, primary="vanishing",
                          verdicts={"end": verdict})
              for name, verdict in (("steady", "vanishing"), ("coin", "healthy"),
-                                   ("alone", "healthy"))]
-    doctor.seeded(cases, rows, seed_rows)
-    assert [c.flips for c in cases] == [False, True, None]  # "alone": no other seed run
+                                   ("alone", "healthy"), ("partial", "vanishing"))]
+    doctor.seeded(cases, rows, seed_rows, seeds=3)  # seed3 is not read
+    assert [c.flips for c in cases] == [False, True, None, None]
     end = doctor.score(cases)["points"]["end"]
     assert end["seed_stable"] == [1, 1]
     assert end["seed_flipped"] == {"coin": False}
-    assert (end["right"], end["judged"]) == (1, 3)  # the plain score is unchanged
+    assert (end["right"], end["judged"]) == (2, 4)  # the plain score is unchanged
+    doctor.seeded(cases, rows, seed_rows, seeds=4)
+    assert cases[0].flips is True  # seed3 solved it
+    fresh = [doctor.Case("steady", {})]
+    doctor.seeded(fresh, rows, seed_rows, seeds=1)  # no other seed asked for
+    assert fresh[0].flips is None
+
+
+def test_a_bad_seed_count_is_one_line_and_exit_2(doctor, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        doctor.main(["--seeds", "0", "--no-run", "--cases", "missing.yaml"])
+    assert exit_.value.code == 2
+    assert "--seeds: expected a whole number of at least 1, got 0" in capsys.readouterr().err
 
 
 def test_the_interventions_that_apply(doctor):

@@ -341,6 +341,12 @@ def test_an_elman_rnn_at_chance_is_held_to_the_shortest_faint_reach_it_has_had()
     assert verdict(0.353, cell=None).verdict == "healthy"  # the cell unknown: not held
     # A tanh RNN asked for 50 steps or more at chance is held to its limit first.
     assert verdict(0.353, cell="rnn_tanh", faint=(60, 60)).evidence["tanh_horizon"] == 50
+    # Under the limit the same rule holds it to its shortest faint reach.
+    tanh = diagnose(full, current={"cell": "rnn_tanh"}, context=Context(
+        horizon=40, earlier_reach=(12, 60), earlier_faint=(25, 60), metric=0.353,
+        chance=1 / 6))
+    assert tanh.verdict == "vanishing" and tanh.evidence["reach_at_chance_min"] == 25
+    assert "tanh_horizon" not in tanh.evidence
     # Longer ago than the three-recording rule looks: at chance, every reach given counts.
     far = verdict(0.353, earlier=(9, 60, 60, 60), faint=(9, 60, 60, 60))
     assert far.verdict == "vanishing" and far.evidence["reach_at_chance_min"] == 9
