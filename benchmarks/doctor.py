@@ -40,7 +40,9 @@ the same budget: the fix heals when that run solves the task.
 Training is chaotic: near the edge of what a setup can learn, the seed decides. With
 `--seeds N` every case is also trained as written with seeds 1 to N-1 (study
 `doctor-seeds`), and the scores add the verdicts on the cases whose outcome as written
-every seed agrees on, and name those where it does not (their labels stand on one seed).
+every seed agrees on, and name those where it does not (their labels stand on one seed);
+the first fixes are trained with each seed too (`doctor-fixes-seed<N>`) and their heal
+share is given per seed and pooled.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class Case:
     verdicts: dict[str, str] = field(default_factory=dict)  # point -> verdict
     fixes: dict[str, dict] = field(default_factory=dict)  # point -> first fix's change
     healed: dict[str, bool] = field(default_factory=dict)  # point -> the fix healed
+    # point -> the same fix trained with seeds 1 to N-1 (--seeds), where all are done
+    healed_seeds: dict[str, list[bool]] = field(default_factory=dict)
     # Trained as written with other seeds (--seeds): True when one of them ended otherwise
     # (solved where the labelling run did not, or the reverse); None: not trained so.
     flips: bool | None = None
@@ -274,6 +278,8 @@ def score(cases: list[Case]) -> dict:
                 [c.verdicts[point] in c.labels for c in judged]),
             "false_alarms": alarms, "fixes": len(fixed), "healed": len(healed),
             "heal_share": _share([c.healed.get(point, False) for c in fixed]),
+            # the first fixes trained with the other seeds too: healed per seed, pooled
+            "heal_seeds": _heal_seeds([c for c in fixed if point in c.healed_seeds], point),
             "confusion": confusion, "per_verdict": per_verdict,
             "wrong": {c.name: f"{c.verdicts[point]} (labels {', '.join(sorted(c.labels))})"
                       for c in judged if c.verdicts[point] not in c.labels},
@@ -286,6 +292,18 @@ def score(cases: list[Case]) -> dict:
             "seed_flipped": {c.name: c.verdicts[point] in c.labels for c in judged
                              if c.flips}}
     return result
+
+
+def _heal_seeds(fixed: list[Case], point: str) -> dict:
+    """Of the fixes trained with every seed: how many healed with each (seed 0 first), with
+    all, with at least one, and the share of all their runs that healed."""
+    if not fixed:
+        return {}
+    outcomes = [[c.healed[point], *c.healed_seeds[point]] for c in fixed]
+    return {"fixes": len(fixed), "per_seed": [sum(o[i] for o in outcomes)
+                                              for i in range(len(outcomes[0]))],
+            "all": sum(all(o) for o in outcomes), "any": sum(any(o) for o in outcomes),
+            "pooled": _share([flag for o in outcomes for flag in o])}
 
 
 def _share(flags: list[bool]) -> float | None:
@@ -315,6 +333,12 @@ def print_tables(cases: list[Case], scores: dict) -> None:
         print("  confusion (rows: primary label, columns: verdict): " + ", ".join(
             f"{truth}->{{{', '.join(f'{v}: {n}' for v, n in row.items() if n)}}}"
             for truth, row in s["confusion"].items() if any(row.values())))
+        seeds = s["heal_seeds"]
+        if seeds:
+            print("  first fixes by seed (0, 1, ...): " + ", ".join(
+                f"{n}/{seeds['fixes']}" for n in seeds["per_seed"]) + f"; with every seed "
+                f"{seeds['all']}, with one at least {seeds['any']}; pooled "
+                f"{seeds['pooled']:.0%}")
         for name, why in s["wrong"].items():
             print(f"  wrong: {name}: {why}")
         print("  right by round: " + ", ".join(f"{r}: {right}/{judged}" for r, (right, judged)
@@ -358,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = held(base, cases, args.out / f"{name}-labels", args.out / f"{name}-fixes")
         seeded(cases, _rows(args.out / f"{name}-labels"), _rows(args.out / f"{name}-seeds"),
                args.seeds)
+        fixes_with_seeds(cases, args.out, name, args.seeds)
         return report(cases, args.json)
     # The labels in two rounds of one study (it grows; what is done stays done): every
     # case as written; the interventions for those that did not solve.
@@ -409,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             for point, change in case.fixes.items():
                 case.healed[point] = _solved(fixed.get(fix_name(case, change)))
+        for seed in range(1, args.seeds):  # the same fixes with the other seeds
+            run(f"{name}-fixes-seed{seed}", base, [
+                {"name": run_name, **settings, "run.seed": seed}
+                for run_name, settings in every_fix.items()], args.out, args.workers)
+        fixes_with_seeds(cases, args.out, name, args.seeds)
     return report(cases, args.json)
 
 
@@ -423,6 +453,19 @@ def seeded(cases: list[Case], rows: dict, seed_rows: dict, seeds: int) -> None:
             case.flips = any(_solved(row) != _solved(baseline) for row in others)
 
 
+def fixes_with_seeds(cases: list[Case], out: Path, name: str, seeds: int) -> None:
+    """`Case.healed_seeds` from the studies `<name>-fixes-seed1` .. `-seed<seeds-1>`: a
+    fix counts only where its runs with every seed are done."""
+    studies = [_rows(out / f"{name}-fixes-seed{seed}") for seed in range(1, seeds)]
+    if not studies:
+        return
+    for case in cases:
+        for point, change in case.fixes.items():
+            rows = [study.get(fix_name(case, change)) for study in studies]
+            if point in case.healed and all(rows):
+                case.healed_seeds[point] = [_solved(row) for row in rows]
+
+
 def fix_name(case: Case, change: dict) -> str:
     """The fixes study's run of a case's first fix: the case and the fix's flags."""
     flags = "_".join(f"{flag}-{value}" for flag, value in sorted(change.items()))
@@ -435,7 +478,7 @@ def report(cases: list[Case], as_json: bool) -> int:
         print(json.dumps({"scores": scores, "cases": [
             {"name": c.name, "labels": sorted(c.labels), "primary": c.primary,
              "verdicts": c.verdicts, "fixes": c.fixes, "healed": c.healed,
-             "flips": c.flips} for c in cases]},
+             "healed_seeds": c.healed_seeds, "flips": c.flips} for c in cases]},
             indent=2))
     else:
         print_tables(cases, scores)

@@ -124,6 +124,32 @@ def test_cases_the_seed_decides_are_named_and_scored_apart(doctor):
     assert fresh[0].flips is None
 
 
+def test_first_fixes_are_scored_per_seed_and_pooled(doctor, tmp_path, monkeypatch):
+    """Each first fix trained with seeds 1 to N-1 (studies `<name>-fixes-seed<N>`, the same
+    run names): healed per seed, with every seed, with one at least, pooled; a fix whose
+    run with some seed is missing is left out of these (not of the seed-0 score)."""
+    def case(name, healed):
+        return doctor.Case(name, {}, labels={"vanishing"}, primary="vanishing",
+                           verdicts={"end": "vanishing"}, fixes={"end": {"cell": "lstm"}},
+                           healed={"end": healed})
+
+    cases = [case("a", True), case("b", False), case("c", True)]
+    studies = {1: {"a": True, "b": True}, 2: {"a": False, "b": True, "c": True}}
+    by_name = {c.name: c for c in cases}
+    stored = {tmp_path / f"doctor-fixes-seed{seed}": {
+        doctor.fix_name(by_name[n], by_name[n].fixes["end"]):
+            rows_of("x", baseline=solved)["x.baseline"] for n, solved in runs.items()}
+        for seed, runs in studies.items()}
+    monkeypatch.setattr(doctor, "_rows", lambda directory: stored.get(directory, {}))
+    doctor.fixes_with_seeds(cases, tmp_path, "doctor", seeds=3)
+    assert [c.healed_seeds for c in cases] == [{"end": [True, False]},
+                                               {"end": [True, True]}, {}]  # c: no seed 1
+    end = doctor.score(cases)["points"]["end"]
+    assert end["heal_seeds"] == {"fixes": 2, "per_seed": [1, 2, 1], "all": 0, "any": 2,
+                                 "pooled": 4 / 6}
+    assert (end["healed"], end["fixes"]) == (2, 3)  # seed 0 alone, every fix
+
+
 def test_a_bad_seed_count_is_one_line_and_exit_2(doctor, capsys):
     with pytest.raises(SystemExit) as exit_:
         doctor.main(["--seeds", "0", "--no-run", "--cases", "missing.yaml"])
@@ -185,4 +211,10 @@ def test_the_script_labels_judges_and_scores_a_small_suite(tmp_path):
                     .iterdir() if not p.name.startswith("."))
     assert seeded == ["cut.seed1", "noise.seed1"]
     assert [case["flips"] for case in exam["cases"]] == [False, False]
+    # ... and each first fix once more with seed 1 (the cut LSTM's: full BPTT).
+    cut = by_name["cut"]
+    assert cut["fixes"] and set(cut["healed_seeds"]) == set(cut["fixes"])
+    again = [p.name for p in (tmp_path / "out" / "doctor-quick-fixes-seed1" / "runs")
+             .iterdir() if not p.name.startswith(".")]
+    assert again and all(name.startswith("cut.fix-") for name in again)
     assert exam["scores"]["cases"] == 2
