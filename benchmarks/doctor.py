@@ -64,6 +64,7 @@ from rnnscope.study.spec import study_from_dict
 from rnnscope.study.store import StudyStore
 from rnnscope.study.workers import run_study
 from rnnscope.training.config import SHORTHANDS, ExperimentConfig
+from rnnscope.training.predict import lr_total
 from timing import machine  # benchmarks/timing.py: run as a script
 
 CASES = Path(__file__).resolve().parent / "doctor" / "cases.yaml"
@@ -213,7 +214,8 @@ def judge(case: Case, run_dir: Path) -> None:
                           solved=solved, metric=held_out.get("metric"), chance=task.baseline,
                           update_ratio=probe.get("update_ratio"),
                           earlier_reach=earlier, earlier_faint=faint,
-                          largest_update=max(updates, default=None))
+                          largest_update=max(updates, default=None),
+                          lr_total=lr_total(config, lines, held_out.get("step")))
         diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
                              current=config.as_flags(), context=context)
         case.verdicts[point] = diagnosis.verdict

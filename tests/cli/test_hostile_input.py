@@ -115,6 +115,8 @@ CHECKPOINT_DAMAGE = [
     ({"guard": {"skipped": 0, "rollbacks": 0, "consecutive": 0, "survived": 0,
                 "good_state": 5, "candidate": None}}, "guard.good_state: must be none or"),
     ({"schedule": {"scale": "x"}}, "does not fit the run's config.yaml (ValueError"),
+    ({"lr_total": "x"}, "lr_total: must be none or a finite number >= 0, got 'x'"),
+    ({"evaluated_lr_total": -1.0}, "evaluated_lr_total: must be none or a finite number"),
 ]
 
 

@@ -387,6 +387,60 @@ def test_an_untrained_tanh_rnn_asked_for_a_long_horizon_is_vanishing_at_chance_t
     assert learnt.verdict == "healthy"
 
 
+def test_a_tanh_rnn_still_at_chance_after_a_normal_run_on_a_task_over_20_steps_vanishes():
+    """The suite's to-L30-tanh-orthogonal (27 steps back): all 30 steps within 1e-3 at
+    step 50, its error at 0.81 of chance after 50 updates of Adam at 1e-2 (0.5 of summed
+    rate); it never learnt. Every tanh RNN that learnt a task over 20 steps had left chance
+    by then. Just under either limit, at 3/4 of chance, another cell, or without the summed
+    rate (SGD, a user's loop without the optimiser) the rule is silent."""
+    full = flow_from_profile([1.0] * 30)
+
+    def verdict(lr_total=0.5, horizon=27, metric=0.61, cell="rnn_tanh", chance=0.75):
+        return diagnose(full, current={"cell": cell}, context=Context(
+            horizon=horizon, earlier_reach=(30, 30), earlier_faint=(30, 30), metric=metric,
+            chance=chance, lr_total=lr_total))
+
+    stuck = verdict()
+    assert stuck.verdict == "vanishing" and stuck.evidence["at_chance_after"] == 0.5
+    assert stuck.evidence["lr_total"] == 0.5 and stuck.reach == 30
+    assert stuck.summary() == (
+        "the held-out metric is still at chance after 0.5 of summed learning rate (50 "
+        "updates at 1e-2 is 0.5), on a task needing 27 steps back: a tanh RNN that learns "
+        "a task longer than 20 steps leaves chance sooner (in rnnscope's diagnosis suite "
+        "every one did); the gradient reaches 30 steps back now, but nothing is stored")
+    assert stuck.fixes and stuck.fixes[0].change.get("cell") == "lstm"
+    assert verdict(lr_total=0.49).verdict == "healthy"  # 49 updates at 1e-2: too soon
+    assert verdict(lr_total=None).verdict == "healthy"  # not told: the rule is silent
+    assert verdict(horizon=21).verdict == "vanishing"
+    assert verdict(horizon=20).verdict == "healthy"  # to-L22-tanh learnt from 0.77 of chance
+    assert verdict(metric=0.75 * 0.75).verdict == "healthy"  # at 3/4 of chance: learnt
+    assert verdict(metric=0.75 * 0.75 + 1e-9).verdict == "vanishing"
+    assert verdict(metric=None).verdict == "healthy"
+    assert verdict(chance=None).verdict == "healthy"
+    assert verdict(cell="rnn_relu").verdict == "healthy"  # measured on tanh RNNs only
+    assert verdict(cell="gru").verdict == "healthy"  # a GRU at chance learns later
+    assert verdict(cell="lstm").verdict == "healthy"
+    # Where the rule is silent, the earlier ones still speak: the 50-step limit.
+    assert verdict(horizon=60, lr_total=None).evidence["tanh_horizon"] == 50
+    assert "lr_total" not in verdict(lr_total=None).evidence
+
+
+def test_the_summed_rate_of_a_run_counts_adam_like_updates_up_to_the_evaluation():
+    from rnnscope.training.config import ExperimentConfig
+    from rnnscope.training.predict import lr_total
+
+    lines = [{"kind": "train", "step": s, "lr": 0.01} for s in range(1, 101)]
+    lines += [{"kind": "eval", "step": 50, "metric": 0.5}, {"kind": "probe", "step": 60}]
+    adam = ExperimentConfig.from_dict({"optim": {"name": "adam", "lr": 0.01}})
+    assert lr_total(adam, lines, 50) == pytest.approx(0.5, rel=1e-12)
+    assert lr_total(adam, lines, 100) == pytest.approx(1.0, rel=1e-12)
+    assert lr_total(adam, lines, None) is None  # no evaluation yet
+    rmsprop = ExperimentConfig.from_dict({"optim": {"name": "rmsprop", "lr": 0.01}})
+    assert lr_total(rmsprop, lines, 50) == pytest.approx(0.5, rel=1e-12)
+    sgd = ExperimentConfig.from_dict({"optim": {"name": "sgd", "lr": 0.01}})
+    assert lr_total(sgd, lines, 50) is None  # SGD's step is the rate times the gradient
+
+
 def test_a_gated_cell_whose_reach_keeps_growing_is_healthy():
     """A GRU at T=100 reached 15, 25, 76 steps at steps 1, 25, 50 and went on to solve:
     its gates are learning to hold the state. Falling or flat, or an Elman RNN: vanishing."""

@@ -35,6 +35,8 @@ def test_a_short_run_returns_its_weights_and_what_it_saw():
     # The held-out metric of the run's last step, against the task's chance level.
     assert run.context.chance == config().task.build().baseline
     assert run.context.metric is not None and run.context.metric > 0
+    # Adam's rates up to that evaluation, summed: 10 updates at 1e-2.
+    assert abs(run.context.lr_total - 0.1) < 1e-12
 
 
 def test_a_run_that_diverges_at_once_predicts_from_its_initial_weights(tmp_path):

@@ -124,3 +124,45 @@ def test_native_engine_records_the_flow_on_the_probe_schedule():
     assert native.train_step().flow is None  # step 3: not on the schedule, fused kernels
 
 
+
+
+@pytest.mark.parametrize(("optim", "known"), [("adam", True), ("rmsprop", True), ("sgd", False)])
+def test_the_diagnosis_is_told_the_rates_summed_up_to_the_latest_evaluation(optim, known):
+    """Context.lr_total: the rates of the updates before the held-out metric, summed, for
+    an optimiser that moves each weight by about its rate; None for SGD, and before any
+    evaluation. It survives a checkpoint; one of before that lacks it leaves it unknown."""
+    config = tiny_run(optim={"name": optim, "lr": 0.01},
+                      schedule={"decay": "step", "step_size": 2, "gamma": 0.5},
+                      run={"steps": 5, "eval_every": 3})
+    trainer = Trainer(config)
+    assert trainer.context().lr_total is None  # nothing evaluated yet
+    assert trainer.fit() == "finished"
+    rates = [trainer.schedule.lr(step) for step in range(5)]  # 0.01, 0.01, 0.005, 0.005, ..
+    if not known:
+        assert trainer.lr_total is None and trainer.context().lr_total is None
+        return
+    assert trainer.lr_total == pytest.approx(sum(rates), rel=1e-12)
+    assert trainer.evaluation.step == 5
+    assert trainer.context().lr_total == pytest.approx(sum(rates), rel=1e-12)
+    resumed = Trainer(config)
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.lr_total == trainer.lr_total
+    assert resumed.context().lr_total == trainer.context().lr_total
+    older = {k: v for k, v in trainer.state_dict().items()
+             if k not in ("lr_total", "evaluated_lr_total")}
+    before = Trainer(config)
+    before.load_state_dict(older)
+    assert before.lr_total is None and before.context().lr_total is None
+    before.train_step()  # and stays unknown: the rates before the checkpoint are lost
+    assert before.lr_total is None
+
+
+def test_the_rates_are_summed_at_each_evaluation_not_at_each_probe():
+    trainer = Trainer(tiny_run(optim={"name": "adam", "lr": 0.01},
+                               run={"steps": 4, "eval_every": 2}))
+    trainer.train_step()
+    trainer.train_step()
+    trainer.evaluate()
+    trainer.train_step()
+    assert trainer.lr_total == pytest.approx(0.03, rel=1e-12)
+    assert trainer.context().lr_total == pytest.approx(0.02, rel=1e-12)

@@ -188,3 +188,39 @@ def test_a_held_out_metric_at_chance_reaches_the_diagnosis(tmp_path):
             assert watcher._metric is None  # unknown again, not the last finite one
     with pytest.raises(ValueError, match=r"^chance: must be a positive number, got 0$"):
         rnnscope.watch(Model(), tmp_path / "bad2", chance=0)
+
+
+def test_an_adam_like_optimiser_tells_the_diagnosis_its_rates_summed_up_to_held_out(
+        tmp_path):
+    """`optimizer=`: its rate at each step, summed up to the latest `held_out` call, is
+    the diagnosis' Context.lr_total (how long the model has trained at chance); SGD's is
+    not (its step is the rate times the gradient); anything else is refused by name."""
+    def run(out, make, steps=4, held_at=3):
+        torch.manual_seed(0)
+        model = Model()
+        optimizer = make(model.parameters())
+        inputs = torch.randn(30, 8, 2)
+        with rnnscope.watch(model, out, every=1, chance=1 / 6, horizon=25,
+                            optimizer=optimizer) as watcher:
+            for step in range(1, steps + 1):
+                optimizer.zero_grad()
+                nn.functional.mse_loss(model(inputs), torch.zeros(8, 1)).backward()
+                optimizer.step()
+                if step == held_at:
+                    watcher.held_out(0.2)
+        return watcher
+
+    adam = run(tmp_path / "adam", lambda p: torch.optim.Adam(p, lr=0.01))
+    assert adam._lr_total == pytest.approx(0.04, rel=1e-12)
+    # The recordings diagnosed after held_out (steps 3 and 4, each once its update is
+    # done) were told the rate up to it; the earlier ones knew no metric yet.
+    told = [d.evidence.get("lr_total") for _, d in adam.history]
+    assert told[:2] == [None, None] and told[2:] == pytest.approx([0.03, 0.03])
+    summary = json.loads((tmp_path / "adam" / "summary.json").read_text())
+    assert summary["evidence"]["lr_total"] == pytest.approx(0.03)
+    sgd = run(tmp_path / "sgd", lambda p: torch.optim.SGD(p, lr=0.01))
+    assert all("lr_total" not in d.evidence for _, d in sgd.history)
+    with pytest.raises(ValueError) as error:
+        rnnscope.watch(Model(), tmp_path / "bad", optimizer="adam")
+    assert str(error.value) == "optimizer: expected a torch.optim.Optimizer or None, got str"
+    assert not (tmp_path / "bad").exists()

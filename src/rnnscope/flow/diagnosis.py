@@ -28,7 +28,9 @@ order they are decided:
                 the recorded sequence when it is not known), or an untrained tanh RNN
                 (initial weights, or at chance) is asked for 50 steps or more (where every
                 tanh RNN of the diagnosis suite failed, whatever it reached before it
-                learnt; published: from T ~ 100 on the adding problem with long budgets).
+                learnt; published: from T ~ 100 on the adding problem with long budgets),
+                or a tanh RNN asked for more than 20 steps is still at chance after 0.5 of
+                summed learning rate (50 updates of Adam at 1e-2; `Context.lr_total`).
                 An Elman RNN (rnn_tanh, rnn_relu) is held to the shortest reach of its last
                 three recordings once it has three before (its reach swings: 100 steps at
                 one, 3 at the next); while its held-out metric has not left chance (above
@@ -90,6 +92,20 @@ LEFT_CHANCE = 0.75
 # steps or more learnt (one did with another seed: L=35 at lr 3e-3). On the adding
 # problem none learnt in 800 steps from T=10 up: a limit no horizon draws.
 TANH_HORIZON = 50
+# A tanh RNN still at chance after this much of Adam's rate (the sum of the rates of its
+# updates; Adam and RMSprop move each weight by about the rate per update: 50 updates at
+# 1e-2) on a task needing more than STORE_HORIZON steps back does not learn it. In the
+# diagnosis suite every tanh RNN needing 21-31 steps back that learnt had left chance by
+# then (7 runs of 2 seeds, 0.00-0.54 of chance at step 50, at 1e-2 and 3e-3), and of the
+# 3,478 held-out evaluations of its tanh runs (cases, seeds, fixes) none at chance past
+# 0.5 of summed rate on such a task was of a run that went on to solve; it fired on 112
+# of the 117 that failed. Nearer (to-L22-tanh, 20 steps back) one learnt from 0.77 of
+# chance at step 50.
+CHANCE_PROGRESS = 0.5
+STORE_HORIZON = 20
+# Optimisers (rnnscope's config names; torch's classes, lower-cased) that move each weight
+# by about the learning rate per update, whatever the gradient's size.
+ADAPTIVE = ("adam", "adamw", "nadam", "radam", "adamax", "rmsprop")
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite", "truncated", "stalled")
 
 
@@ -111,6 +127,10 @@ class Context:
     # The reach within FAINT_REACH of the peak at the same earlier recordings (where not
     # given, earlier_reach stands in for it).
     earlier_faint: tuple[int, ...] = ()
+    # The learning rates of the updates before the held-out metric was measured, summed,
+    # for an optimiser that moves each weight by about its rate (Adam, RMSprop); None for
+    # SGD, whose step is the rate times the gradient, or when unknown.
+    lr_total: float | None = None
 
 
 @dataclass
@@ -193,6 +213,14 @@ class Diagnosis:
                     "reach once it learns to store anything: none learnt a task of "
                     f"{evidence['tanh_horizon']} steps or more in rnnscope's diagnosis suite, "
                     "and in published results they fail from about 100")
+        if "at_chance_after" in evidence:
+            return (f"the held-out metric is still at chance after "
+                    f"{_format(evidence['at_chance_after'])} of summed learning rate (50 "
+                    f"updates at 1e-2 is 0.5), on a task needing {horizon} steps back: a "
+                    "tanh RNN that learns a task longer than "
+                    f"{STORE_HORIZON} steps leaves chance sooner (in rnnscope's diagnosis "
+                    f"suite every one did); the gradient reaches {self.reach} steps back now, "
+                    "but nothing is stored")
         if "reach_at_chance_min" in evidence and "reach_recent_min" not in evidence:
             earlier = (f" (earlier ones read to {REACH_THRESHOLD:g})"
                        if "earlier_read_at" in evidence else "")
@@ -275,7 +303,8 @@ def diagnose(rec_or_flow: Recorder | GradientFlow, *, lr: float | None = None,
     evidence.update({key: value for key, value in (
         ("horizon", context.horizon), ("window", context.window),
         ("update_ratio", context.update_ratio), ("solved", context.solved),
-        ("metric", context.metric), ("chance", context.chance))
+        ("metric", context.metric), ("chance", context.chance),
+        ("lr_total", context.lr_total))
         if value is not None})
     if cell is not None:
         evidence["cell"] = cell
@@ -355,6 +384,13 @@ def _by_reach(best: ProfileStats, context: Context, target: int, cell: str | Non
         # reaches now.
         evidence["tanh_horizon"] = TANH_HORIZON
         return "vanishing"
+    if cell == "rnn_tanh" and _stuck(context):
+        # Trained at a normal rate for a while and still at chance on a task needing more
+        # than STORE_HORIZON steps back: a tanh RNN that learns such a task leaves chance
+        # early, one that has not by then does not (CHANCE_PROGRESS); whatever it reaches
+        # now, it stores nothing.
+        evidence["at_chance_after"] = context.lr_total
+        return "vanishing"
     faint = evidence["reach_faint"]
     if cell in ELMAN and untrained and not context.initial and context.earlier_reach:
         # An Elman RNN still at chance is read as on its initial weights (to 1e-6 of the
@@ -424,6 +460,20 @@ def _at_chance(context: Context) -> bool:
     metric, chance = context.metric, context.chance
     return metric is not None and chance is not None and math.isfinite(metric) and \
         chance > 0 and metric > LEFT_CHANCE * chance
+
+
+def adaptive(optimizer) -> bool:
+    """Whether a torch optimiser moves each weight by about its rate (`ADAPTIVE`), so
+    that its rates summed tell how far training has gone (`Context.lr_total`)."""
+    return type(optimizer).__name__.lower() in ADAPTIVE
+
+
+def _stuck(context: Context) -> bool:
+    """Still at chance after CHANCE_PROGRESS of summed rate, asked for more than
+    STORE_HORIZON steps back."""
+    return context.lr_total is not None and context.lr_total >= CHANCE_PROGRESS and \
+        context.horizon is not None and context.horizon > STORE_HORIZON and \
+        _at_chance(context)
 
 
 def _rising(reaches: tuple[int, ...]) -> bool:

@@ -7,7 +7,7 @@ to move the weights look like any other profile. So `rnnscope diagnose --predict
 examples/quickstart.py) train the setup for a few dozen steps with rnnscope's trainer in
 a temporary run directory and diagnose the model it ends with, told what the run saw:
 the horizon, the truncation window, the size of its updates, its reach at each probe,
-and whether it already solved the task.
+its held-out metric, the learning rate it spent, and whether it already solved the task.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rnnscope.flow.diagnosis import Context, chance_level
+from rnnscope.flow.diagnosis import ADAPTIVE, Context, chance_level
 from rnnscope.rundir.directory import METRICS, read_records
 from rnnscope.training.config import ExperimentConfig
 from rnnscope.training.run import train
@@ -58,4 +58,16 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
         # The model diagnosed is the last probe's, one update on: its reach is "now".
         earlier_reach=tuple(line["reach"] for line in probes[:-1]),
         earlier_faint=tuple(line.get("reach_faint", line["reach"]) for line in probes[:-1]),
-        largest_update=max(updates[:-1]) if len(updates) > 1 else None))
+        largest_update=max(updates[:-1]) if len(updates) > 1 else None,
+        lr_total=lr_total(config, lines, steps)))
+
+
+def lr_total(config: ExperimentConfig, lines: list[dict], step: int | None) -> float | None:
+    """The learning rates of a run's updates up to `step` (an evaluation's), summed from
+    its metrics lines, as the trainer tells the diagnosis (`Context.lr_total`); None for
+    an optimiser that does not move each weight by about its rate (SGD) and before any
+    evaluation."""
+    if step is None or config.optim.name not in ADAPTIVE:
+        return None
+    return sum(line["lr"] for line in lines if line.get("kind") == "train"
+               and isinstance(line.get("lr"), float) and line["step"] <= step)

@@ -29,7 +29,14 @@ from torch import Tensor
 
 from rnnscope.checks import integer
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
-from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, chance_level, diagnose
+from rnnscope.flow.diagnosis import (
+    ADAPTIVE,
+    HISTORY,
+    Context,
+    Diagnosis,
+    chance_level,
+    diagnose,
+)
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import grad_norms, update_ratio
 from rnnscope.flow.probes import snapshot as parameter_copies
@@ -112,6 +119,11 @@ class Trainer:
         self.faint_history: list[int] = []  # the same, within 1e-6 of the peak
         self._last_update: float | None = None
         self.largest_update: float | None = None  # of the probed steps before the latest
+        # The rates of the updates so far, summed, and at the latest evaluation: how far
+        # an optimiser that moves each weight by about its rate has gone (the diagnosis'
+        # `Context.lr_total`); None for SGD and after a checkpoint that did not keep it.
+        self.lr_total: float | None = 0.0 if config.optim.name in ADAPTIVE else None
+        self.evaluated_lr_total: float | None = None
         self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
         self.guard = Guard(config.guard, snapshot=self.snapshot, restore=self.restore,
                            scale_lr=self.schedule.scale_by)
@@ -160,6 +172,8 @@ class Trainer:
         before = parameter_copies(self.model) if measured else None
         if not state.skip:
             self.optimizer.step()
+            if self.lr_total is not None:
+                self.lr_total += state.lr
         if measured:
             state.update_ratio = self._last_update = float(update_ratio(
                 before, dict(self.model.named_parameters()))["update_ratio_total"])
@@ -234,7 +248,8 @@ class Trainer:
                        earlier_faint=tuple(self.faint_history[-HISTORY:]),
                        largest_update=self.largest_update,
                        nearest=self.task.nearest_dependency,
-                       initial=(self.step + 1 if step is None else step) <= 1)
+                       initial=(self.step + 1 if step is None else step) <= 1,
+                       lr_total=self.evaluated_lr_total if evaluation is not None else None)
 
     def last_update(self) -> float | None:
         """The update ratio of the latest probed step."""
@@ -261,6 +276,7 @@ class Trainer:
             loss, metric = self.dist.broadcast([loss, metric])  # early-stop decision for all
         self.evaluation = Evaluation(self.step, loss, metric, self.task.metric_name,
                                      self.task.solved(metric))
+        self.evaluated_lr_total = self.lr_total
         self.schedule.observe(metric)
         self.fire("on_eval", self.evaluation)
         return self.evaluation
@@ -283,7 +299,8 @@ class Trainer:
         return {"step": self.step, "clipped_steps": self.clipped_steps,
                 "reach_history": list(self.reach_history), "last_update": self._last_update,
                 "faint_history": list(self.faint_history),
-                "largest_update": self.largest_update,
+                "largest_update": self.largest_update, "lr_total": self.lr_total,
+                "evaluated_lr_total": self.evaluated_lr_total,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
                 "guard": self.guard.state_dict(), "evaluation": evaluation,
@@ -313,6 +330,11 @@ class Trainer:
             if snapshot is not None and not (isinstance(snapshot, dict) and all(
                     isinstance(snapshot.get(part), dict) for part in ("model", "optimizer"))):
                 raise ValueError(f"guard.{key}: must be none or a snapshot (model, optimizer)")
+        for key in ("lr_total", "evaluated_lr_total"):  # optional: older checkpoints lack them
+            value = state.get(key)
+            if value is not None and not (isinstance(value, float) and math.isfinite(value)
+                                          and value >= 0):
+                raise ValueError(f"{key}: must be none or a finite number >= 0, got {value!r}")
         evaluation = state["evaluation"]
         if evaluation is not None:
             fields = {"step": int, "loss": float, "metric": float, "metric_name": str,
@@ -334,6 +356,9 @@ class Trainer:
         self.faint_history = list(state.get("faint_history", self.reach_history))
         self._last_update = state.get("last_update")
         self.largest_update = state.get("largest_update")
+        # Checkpoints of before kept no summed rate: unknown for the rest of the run.
+        self.lr_total = state.get("lr_total") if self.lr_total is not None else None
+        self.evaluated_lr_total = state.get("evaluated_lr_total")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

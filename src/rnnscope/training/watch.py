@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rnnscope.checks import choice, integer, number, real
-from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, diagnose
+from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, adaptive, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import snapshot as parameter_copies
 from rnnscope.flow.probes import update_ratio
@@ -51,9 +51,13 @@ class Watch:
     def __init__(self, model: nn.Module, out: str | Path, every: int = 100, *,
                  nonfinite: str = "warn", flush_subnormals: bool = True,
                  cell_state: bool = False, name: str | None = None,
-                 horizon: int | None = None, chance: float | None = None) -> None:
+                 horizon: int | None = None, chance: float | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         if not isinstance(out, (str, Path)) or not str(out):
             raise ValueError(f"out: expected a directory path, got {out!r}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer: expected a torch.optim.Optimizer or None, got "
+                             f"{type(optimizer).__name__}")
         self.nonfinite = choice("nonfinite", nonfinite, NONFINITE)
         self.flush = bool(flush_subnormals)
         self.out = Path(out)
@@ -62,6 +66,12 @@ class Watch:
         self.horizon = None if horizon is None else integer("horizon", horizon, 1)
         self.chance = None if chance is None else number("chance", chance, above=0.0)
         self._metric: float | None = None  # the latest held-out metric, via held_out()
+        # The optimiser's rates summed over the steps so far, and at the latest held_out():
+        # known for one that moves each weight by about its rate (Adam, RMSprop).
+        self._optimizer = optimizer if optimizer is not None and adaptive(optimizer) \
+            else None
+        self._lr_total = 0.0
+        self._evaluated_lr_total: float | None = None
         self.model = model
         self._before: dict | None = None  # the weights a recorded step started from
         self._largest_update: float | None = None  # of the recorded steps so far
@@ -112,12 +122,19 @@ class Watch:
         value = real("metric", metric)
         # A NaN or inf metric tells nothing of chance; `nonfinite` decides what log does.
         self._metric = value if math.isfinite(value) else None
+        self._evaluated_lr_total = self._lr_total if self._optimizer is not None else None
         self.log(held_out_metric=value)
 
     def _step_opens(self, step: int, recorded: bool) -> None:
         # The weights before a recorded step's update: at the next step's first forward
         # the update is done, and its size tells a stalled run (lr too small) apart.
         self._before = parameter_copies(self.model) if recorded else None
+        if self._optimizer is not None:  # the rate this step's update will use
+            rate = self._optimizer.param_groups[0]["lr"]
+            if isinstance(rate, float | int):  # a tensor rate is not read (a host sync)
+                self._lr_total += rate
+            else:
+                self._optimizer = None
 
     def _context(self, step: int) -> Context:
         ratio = None
@@ -129,7 +146,8 @@ class Watch:
                           earlier_faint=tuple(d.evidence["reach_faint"]
                                               for _, d in self.history[-HISTORY:]),
                           largest_update=self._largest_update, initial=step <= 1,
-                          metric=self._metric, chance=self.chance)
+                          metric=self._metric, chance=self.chance,
+                          lr_total=self._evaluated_lr_total)
         if ratio and math.isfinite(ratio):
             self._largest_update = max(self._largest_update or 0.0, ratio)
         return context
@@ -176,7 +194,8 @@ class Watch:
                               earlier_reach=tuple(d.reach for d in earlier),
                               earlier_faint=tuple(d.evidence["reach_faint"] for d in earlier),
                               largest_update=self._largest_update, initial=latest <= 1,
-                              metric=self._metric, chance=self.chance)
+                              metric=self._metric, chance=self.chance,
+                              lr_total=self._evaluated_lr_total)
             summary.update(diagnose(self.recorder, context=context).report_fields())
         return summary
 
@@ -184,7 +203,8 @@ class Watch:
 def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str = "warn",
           flush_subnormals: bool = True, cell_state: bool = False,
           name: str | None = None, horizon: int | None = None,
-          chance: float | None = None) -> Watch:
+          chance: float | None = None,
+          optimizer: torch.optim.Optimizer | None = None) -> Watch:
     """Watch the gradient flow through time over your own training loop; writes the run
     directory `out` (`rnnscope report OUT` renders it). A context manager with
     `.log(**scalars)`; see `rnnscope.training.watch`.
@@ -198,10 +218,14 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     dependency); the diagnosis holds the reach against it (default: the sequence length).
     `chance`: your held-out metric for a model that ignores its inputs (e.g. 1/6, the
     adding problem's MSE); with `w.held_out(metric)` the diagnosis knows whether the
-    model has learnt anything yet.
+    model has learnt anything yet. `optimizer`: yours, when it is Adam-like (Adam, AdamW,
+    RMSprop: each weight moves by about the rate per update); its rates summed up to each
+    `held_out` tell the diagnosis how long the model has trained at chance (a tanh RNN
+    still at chance after 50 updates at 1e-2 on a task over 20 steps does not learn it).
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
-                 cell_state=cell_state, name=name, horizon=horizon, chance=chance)
+                 cell_state=cell_state, name=name, horizon=horizon, chance=chance,
+                 optimizer=optimizer)
 
 
 def _rank() -> int:
