@@ -212,10 +212,15 @@ def test_the_callback_tells_the_diagnosis_the_horizon_history_and_the_metric(tmp
 
 
 class AdamGRU(TinyGRU):
-    """TinyGRU trained by Adam at 1e-2, validated (`val_metric`) on one batch."""
+    """TinyGRU trained by Adam at 1e-2 (or the optimiser given), validated (`val_metric`)
+    on one batch."""
+
+    def __init__(self, metric: float, optimizer=torch.optim.Adam) -> None:
+        super().__init__(metric)
+        self.optimizer = optimizer
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.01)
+        return self.optimizer(self.parameters(), lr=0.01)
 
     def validation_step(self, batch, batch_idx):
         self.log("val_metric", self.metric)
@@ -223,30 +228,40 @@ class AdamGRU(TinyGRU):
 
 def test_the_callback_tells_the_diagnosis_the_rates_summed_up_to_the_latest_validation(
         tmp_path):
-    """With an Adam-like optimiser the diagnosis is told its rates summed up to the latest
-    validation (Context.lr_total); the sanity check before training does not count, SGD
-    or a tensor rate leaves it unknown, and a resumed fit keeps it."""
-    callback = GradientFlowCallback(every=1, horizon=40, monitor="val_metric", chance=1.0)
-    data = DataLoader(sequences(steps=40), batch_size=4)
-    run = trainer(tmp_path, [callback], max_steps=5, val_check_interval=2,
-                  limit_val_batches=1)
-    run.fit(AdamGRU(1.0), data, data)
+    """With Adam the diagnosis is told the rates of its steps summed up to the latest
+    validation (Context.lr_total), counted by a hook on the optimiser's step that goes
+    when the fit ends; the sanity check before training does not count; SGD or a tensor
+    rate leaves it unknown; a resumed fit keeps it, and a damaged state is named."""
+    def fitted(out, optimizer=torch.optim.Adam):
+        callback = GradientFlowCallback(every=1, horizon=40, monitor="val_metric", chance=1.0)
+        data = DataLoader(sequences(steps=40), batch_size=4)
+        run = trainer(out, [callback], max_steps=5, val_check_interval=2,
+                      limit_val_batches=1)
+        module = AdamGRU(1.0, optimizer)
+        run.fit(module, data, data)
+        return callback, run
+
+    callback, run = fitted(tmp_path / "adam")
     assert callback.lr_total == pytest.approx(0.05, rel=1e-12)  # 5 updates at 1e-2
     assert callback.evaluated_lr_total == pytest.approx(0.04, rel=1e-12)  # validated at 4
     assert callback.last_diagnosis.evidence["lr_total"] == pytest.approx(0.04, rel=1e-12)
+    assert not run.optimizers[0]._optimizer_step_post_hooks  # the hook went with the fit
     resumed = GradientFlowCallback(every=1)
     resumed.load_state_dict(callback.state_dict())
     assert (resumed.lr_total, resumed.evaluated_lr_total) == (
         callback.lr_total, callback.evaluated_lr_total)
     resumed.load_state_dict({"reaches": [3]})  # a state of before: unknown
     assert resumed.lr_total is None and resumed.evaluated_lr_total is None
+    with pytest.raises(ValueError) as error:
+        resumed.load_state_dict({"reaches": [3], "lr_total": "x"})
+    assert str(error.value) == "lr_total: must be none or a finite number >= 0, got 'x'"
 
-    sgd = GradientFlowCallback(every=1, horizon=40, monitor="val_metric", chance=1.0)
-    fit(tmp_path / "sgd", TinyGRU(1.0), sgd, max_steps=3, data=sequences(steps=40))
+    sgd, _ = fitted(tmp_path / "sgd", torch.optim.SGD)  # validated too: the metric is known
+    assert sgd.last_diagnosis.evidence["metric"] == 1.0
     assert sgd.lr_total is None and "lr_total" not in sgd.last_diagnosis.evidence
     tensor_rate = GradientFlowCallback(every=1)
     adam = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=torch.tensor(0.01))
-    tensor_rate.on_before_optimizer_step(None, None, adam)
+    tensor_rate._stepped(adam, (), {})
     assert tensor_rate.lr_total is None
 
 

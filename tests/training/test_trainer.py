@@ -126,11 +126,13 @@ def test_native_engine_records_the_flow_on_the_probe_schedule():
 
 
 
-@pytest.mark.parametrize(("optim", "known"), [("adam", True), ("rmsprop", True), ("sgd", False)])
+@pytest.mark.parametrize(("optim", "known"), [("adam", True), ("rmsprop", False),
+                                              ("sgd", False)])
 def test_the_diagnosis_is_told_the_rates_summed_up_to_the_latest_evaluation(optim, known):
     """Context.lr_total: the rates of the updates before the held-out metric, summed, for
-    an optimiser that moves each weight by about its rate; None for SGD, and before any
-    evaluation. It survives a checkpoint; one of before that lacks it leaves it unknown."""
+    an optimiser that moves each weight by about its rate (Adam); None for SGD and
+    RMSprop (its first steps are ~10x its rate), and before any evaluation. It survives a
+    checkpoint; one of before that lacks it leaves it unknown."""
     config = tiny_run(optim={"name": optim, "lr": 0.01},
                       schedule={"decay": "step", "step_size": 2, "gamma": 0.5},
                       run={"steps": 5, "eval_every": 3})
@@ -166,3 +168,36 @@ def test_the_rates_are_summed_at_each_evaluation_not_at_each_probe():
     trainer.train_step()
     assert trainer.lr_total == pytest.approx(0.03, rel=1e-12)
     assert trainer.context().lr_total == pytest.approx(0.02, rel=1e-12)
+
+
+def test_a_step_the_guard_vetoes_or_rolls_back_does_not_count_in_the_summed_rate(tmp_path):
+    """A skipped step made no update; a rollback takes the sum back with the weights."""
+    from rnnscope.training.predict import lr_total
+
+    def poisoned(trainer, at):
+        def before_step(state):
+            if state.step in at:
+                state.finite = False  # as a NaN loss would: the guard acts on it
+        trainer.listeners["before_step"].insert(0, before_step)
+        return trainer
+
+    skip = poisoned(Trainer(tiny_run(guard="skip", optim={"name": "adam", "lr": 0.01},
+                                     run={"steps": 4, "eval_every": 4})), at={2})
+    skip.fit()
+    assert skip.guard.skipped == 1
+    assert skip.lr_total == pytest.approx(0.03, rel=1e-12)
+    rollback = poisoned(Trainer(tiny_run(guard="rollback", optim={"name": "adam", "lr": 0.01},
+                                         run={"steps": 6, "eval_every": 6})), at={5})
+    rollback.fit()
+    assert rollback.guard.rollbacks == 1
+    # Step 5 rolls back to the initial weights (no state survived guard.every = 10 steps
+    # yet): the four updates before it no longer count; step 6 runs at half the rate.
+    assert rollback.lr_total == pytest.approx(0.005, rel=1e-12)
+    # The metrics lines say a step was vetoed, not how far a rollback went.
+    lines = [{"kind": "train", "step": s, "lr": 0.01} for s in range(1, 5)]
+    lines[1]["guard"] = "skip"
+    adam = tiny_run(optim={"name": "adam", "lr": 0.01})
+    assert lr_total(adam, lines, 4) == pytest.approx(0.03, rel=1e-12)
+    lines[2]["guard"] = "rollback"
+    assert lr_total(adam, lines, 4) is None and lr_total(adam, lines, 2) == pytest.approx(
+        0.01, rel=1e-12)

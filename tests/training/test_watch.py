@@ -190,35 +190,41 @@ def test_a_held_out_metric_at_chance_reaches_the_diagnosis(tmp_path):
         rnnscope.watch(Model(), tmp_path / "bad2", chance=0)
 
 
-def test_an_adam_like_optimiser_tells_the_diagnosis_its_rates_summed_up_to_held_out(
-        tmp_path):
-    """`optimizer=`: its rate at each step, summed up to the latest `held_out` call, is
-    the diagnosis' Context.lr_total (how long the model has trained at chance); SGD's is
-    not (its step is the rate times the gradient); anything else is refused by name."""
+def test_an_adam_optimiser_tells_the_diagnosis_its_rates_summed_up_to_held_out(tmp_path):
+    """`optimizer=`: the rate of each of its steps (a hook on the step: two backward
+    passes accumulated into one update count once), summed up to the latest `held_out`
+    call, is the diagnosis' Context.lr_total (how long the model has trained at chance);
+    SGD's is not (its step is the rate times the gradient); anything else is refused by
+    name, and the hook goes with the block."""
     def run(out, make, steps=4, held_at=3):
         torch.manual_seed(0)
         model = Model()
         optimizer = make(model.parameters())
         inputs = torch.randn(30, 8, 2)
-        with rnnscope.watch(model, out, every=1, chance=1 / 6, horizon=25,
+        with rnnscope.watch(model, out, every=2, chance=1 / 6, horizon=25,
                             optimizer=optimizer) as watcher:
             for step in range(1, steps + 1):
                 optimizer.zero_grad()
-                nn.functional.mse_loss(model(inputs), torch.zeros(8, 1)).backward()
+                for _ in range(2):  # gradient accumulation: two backward passes
+                    nn.functional.mse_loss(model(inputs), torch.zeros(8, 1)).backward()
                 optimizer.step()
                 if step == held_at:
                     watcher.held_out(0.2)
-        return watcher
+        return watcher, optimizer
 
-    adam = run(tmp_path / "adam", lambda p: torch.optim.Adam(p, lr=0.01))
-    assert adam._lr_total == pytest.approx(0.04, rel=1e-12)
-    # The recordings diagnosed after held_out (steps 3 and 4, each once its update is
-    # done) were told the rate up to it; the earlier ones knew no metric yet.
+    adam, optimizer = run(tmp_path / "adam", lambda p: torch.optim.Adam(p, lr=0.01))
+    assert adam._lr_total == pytest.approx(0.04, rel=1e-12)  # 4 updates, 8 backward passes
+    assert not optimizer._optimizer_step_post_hooks  # removed when the block ended
+    # Recordings at backward passes 1, 2, 4, 6, 8, each diagnosed when the next pass
+    # opens (the last at the block's end); held_out came after the third update (pass 6):
+    # the recordings of passes 6 and 8 were told its sum.
     told = [d.evidence.get("lr_total") for _, d in adam.history]
-    assert told[:2] == [None, None] and told[2:] == pytest.approx([0.03, 0.03])
+    assert [step for step, _ in adam.history] == [1, 2, 4, 6, 8]
+    assert told[:3] == [None] * 3 and told[3:] == pytest.approx([0.03, 0.03])
     summary = json.loads((tmp_path / "adam" / "summary.json").read_text())
     assert summary["evidence"]["lr_total"] == pytest.approx(0.03)
-    sgd = run(tmp_path / "sgd", lambda p: torch.optim.SGD(p, lr=0.01))
+    sgd, _ = run(tmp_path / "sgd", lambda p: torch.optim.SGD(p, lr=0.01))
+    assert sgd._lr_total is None
     assert all("lr_total" not in d.evidence for _, d in sgd.history)
     with pytest.raises(ValueError) as error:
         rnnscope.watch(Model(), tmp_path / "bad", optimizer="adam")

@@ -64,10 +64,15 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
 
 def lr_total(config: ExperimentConfig, lines: list[dict], step: int | None) -> float | None:
     """The learning rates of a run's updates up to `step` (an evaluation's), summed from
-    its metrics lines, as the trainer tells the diagnosis (`Context.lr_total`); None for
-    an optimiser that does not move each weight by about its rate (SGD) and before any
-    evaluation."""
+    its metrics lines, as the trainer tells the diagnosis (`Context.lr_total`): a step the
+    NaN guard vetoed made no update; after a rollback (which the lines do not say how far
+    went) it is unknown. None too for an optimiser that does not move each weight by
+    about its rate (SGD) and before any evaluation."""
     if step is None or config.optim.name not in ADAPTIVE:
         return None
-    return sum(line["lr"] for line in lines if line.get("kind") == "train"
-               and isinstance(line.get("lr"), float) and line["step"] <= step)
+    steps = [line for line in lines if line.get("kind") == "train"
+             and isinstance(line.get("step"), int) and line["step"] <= step]
+    if any(line.get("guard") == "rollback" for line in steps):
+        return None
+    return sum(line["lr"] for line in steps if "guard" not in line
+               and isinstance(line.get("lr"), float))

@@ -286,12 +286,16 @@ class Trainer:
     def snapshot(self) -> dict:
         # Deep copies: state_dict() returns the live tensors that later steps update.
         return copy.deepcopy({"model": self.model.state_dict(),
-                              "optimizer": self.optimizer.state_dict()})
+                              "optimizer": self.optimizer.state_dict(),
+                              "lr_total": self.lr_total})
 
     def restore(self, snapshot: dict) -> None:
         self.model.load_state_dict(snapshot["model"])  # copies into the parameters
         # The optimiser adopts the tensors it is given; a copy keeps the snapshot reusable.
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        # The updates rolled back no longer count (a snapshot of before: unknown).
+        if self.lr_total is not None:
+            self.lr_total = snapshot.get("lr_total")
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly as if never stopped."""
@@ -332,8 +336,8 @@ class Trainer:
                 raise ValueError(f"guard.{key}: must be none or a snapshot (model, optimizer)")
         for key in ("lr_total", "evaluated_lr_total"):  # optional: older checkpoints lack them
             value = state.get(key)
-            if value is not None and not (isinstance(value, float) and math.isfinite(value)
-                                          and value >= 0):
+            if value is not None and not (isinstance(value, float | int) and not isinstance(
+                    value, bool) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key}: must be none or a finite number >= 0, got {value!r}")
         evaluation = state["evaluation"]
         if evaluation is not None:
@@ -357,8 +361,10 @@ class Trainer:
         self._last_update = state.get("last_update")
         self.largest_update = state.get("largest_update")
         # Checkpoints of before kept no summed rate: unknown for the rest of the run.
-        self.lr_total = state.get("lr_total") if self.lr_total is not None else None
-        self.evaluated_lr_total = state.get("evaluated_lr_total")
+        total, evaluated = state.get("lr_total"), state.get("evaluated_lr_total")
+        self.lr_total = float(total) if total is not None and self.lr_total is not None \
+            else None
+        self.evaluated_lr_total = None if evaluated is None else float(evaluated)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

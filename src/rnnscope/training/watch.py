@@ -66,12 +66,15 @@ class Watch:
         self.horizon = None if horizon is None else integer("horizon", horizon, 1)
         self.chance = None if chance is None else number("chance", chance, above=0.0)
         self._metric: float | None = None  # the latest held-out metric, via held_out()
-        # The optimiser's rates summed over the steps so far, and at the latest held_out():
-        # known for one that moves each weight by about its rate (Adam, RMSprop).
-        self._optimizer = optimizer if optimizer is not None and adaptive(optimizer) \
+        # The optimiser's rates summed over its steps so far (counted by a hook on its
+        # step: not the backward passes, which gradient accumulation multiplies, nor the
+        # steps an AMP scaler skips), and at the latest held_out(): known for an optimiser
+        # that moves each weight by about its rate (`adaptive`: Adam, AdamW).
+        self._optimizer = optimizer
+        self._lr_total: float | None = 0.0 if optimizer is not None and adaptive(optimizer) \
             else None
-        self._lr_total = 0.0
         self._evaluated_lr_total: float | None = None
+        self._step_hook = None
         self.model = model
         self._before: dict | None = None  # the weights a recorded step started from
         self._largest_update: float | None = None  # of the recorded steps so far
@@ -97,6 +100,8 @@ class Watch:
             self.recorder.on_step(self._step_opens)
             self.recorder.on_recorded(self._probe)
             self.recorder.__enter__()
+            if self._lr_total is not None:
+                self._step_hook = self._optimizer.register_step_post_hook(self._stepped)
         if self.flush:
             flush_denormal(True)
         self._started = time.perf_counter()
@@ -122,19 +127,13 @@ class Watch:
         value = real("metric", metric)
         # A NaN or inf metric tells nothing of chance; `nonfinite` decides what log does.
         self._metric = value if math.isfinite(value) else None
-        self._evaluated_lr_total = self._lr_total if self._optimizer is not None else None
+        self._evaluated_lr_total = self._lr_total
         self.log(held_out_metric=value)
 
     def _step_opens(self, step: int, recorded: bool) -> None:
         # The weights before a recorded step's update: at the next step's first forward
         # the update is done, and its size tells a stalled run (lr too small) apart.
         self._before = parameter_copies(self.model) if recorded else None
-        if self._optimizer is not None:  # the rate this step's update will use
-            rate = self._optimizer.param_groups[0]["lr"]
-            if isinstance(rate, float | int):  # a tensor rate is not read (a host sync)
-                self._lr_total += rate
-            else:
-                self._optimizer = None
 
     def _context(self, step: int) -> Context:
         ratio = None
@@ -168,7 +167,18 @@ class Watch:
             raise TrainingDiverged(message)
         warnings.warn(message, stacklevel=3)
 
+    def _stepped(self, optimizer, args, kwargs) -> None:
+        """After each step of the optimiser: add the rate it used."""
+        rate = optimizer.param_groups[0]["lr"]
+        if self._lr_total is None or not isinstance(rate, float | int):
+            self._lr_total = None  # a tensor rate is not read (a host sync): unknown
+        else:
+            self._lr_total += rate
+
     def __exit__(self, exc_type, exc, traceback) -> bool:
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
         try:
             if self._log is not None:
                 self.recorder.__exit__(exc_type, exc, traceback)
@@ -218,9 +228,9 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     dependency); the diagnosis holds the reach against it (default: the sequence length).
     `chance`: your held-out metric for a model that ignores its inputs (e.g. 1/6, the
     adding problem's MSE); with `w.held_out(metric)` the diagnosis knows whether the
-    model has learnt anything yet. `optimizer`: yours, when it is Adam-like (Adam, AdamW,
-    RMSprop: each weight moves by about the rate per update); its rates summed up to each
-    `held_out` tell the diagnosis how long the model has trained at chance (a tanh RNN
+    model has learnt anything yet. `optimizer`: yours; when it is Adam or AdamW (each
+    weight moves by about the rate per update) the rates of its steps, summed up to each
+    `held_out`, tell the diagnosis how long the model has trained at chance (a tanh RNN
     still at chance after 50 updates at 1e-2 on a task over 20 steps does not learn it).
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,

@@ -109,10 +109,10 @@ class GradientFlowCallback(Callback):
     key of `trainer.callback_metrics`, your held-out metric, lower is better) and
     `chance` (that metric for a model that ignores its inputs), whether the model has
     left chance yet (an Elman RNN or a GRU still at chance is read for what it will
-    keep, not for what it reaches now), and, with an Adam-like optimiser (Adam, AdamW,
-    RMSprop), its rates summed up to the latest validation: how long the model has
-    trained at chance (a tanh RNN still at chance after 50 updates at 1e-2 on a task
-    over 20 steps does not learn it).
+    keep, not for what it reaches now), and, when the (first) optimiser is Adam or
+    AdamW, the rates of its steps summed up to the latest validation: how long the
+    model has trained at chance (a tanh RNN still at chance after 50 updates at 1e-2 on
+    a task over 20 steps does not learn it).
     """
 
     def __init__(self, every: int = 100, stop_on_nonfinite: bool = True,
@@ -130,10 +130,11 @@ class GradientFlowCallback(Callback):
             raise ValueError("monitor, chance: give both (the held-out metric's key and its "
                              "chance level) or neither")
         self.reaches: list[int] = []  # the reach at each kept recording, oldest first
-        # The optimisers' rates summed over the steps so far and at the latest validation,
-        # for Adam-like optimisers (None once another one steps).
+        # The first optimiser's rates summed over its steps so far, and at the latest
+        # validation, for Adam and AdamW (`adaptive`); None for others.
         self.lr_total: float | None = 0.0
         self.evaluated_lr_total: float | None = None
+        self._step_hook = None
         self.faint_reaches: list[int] = []  # the same, within 1e-6 of the peak
         self.every = integer("every", every, 1)
         self.schedule = Every(self.every, first=True)
@@ -179,19 +180,37 @@ class GradientFlowCallback(Callback):
         self.reaches = list(state_dict.get("reaches", []))
         self.faint_reaches = list(state_dict.get("faint_reaches", self.reaches))
         # A state of before kept no summed rate: unknown for the rest of the fit.
-        self.lr_total = state_dict.get("lr_total")
-        self.evaluated_lr_total = state_dict.get("evaluated_lr_total")
+        for key in ("lr_total", "evaluated_lr_total"):
+            value = state_dict.get(key)
+            if value is not None and not (isinstance(value, float | int) and not isinstance(
+                    value, bool) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key}: must be none or a finite number >= 0, got "
+                                 f"{value!r}")
+            setattr(self, key, None if value is None else float(value))
 
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
-                                 optimizer) -> None:
-        # The rate this update uses (a Python float: no host sync); any other optimiser,
-        # or a tensor rate, leaves the sum unknown.
-        rate = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-        if self.lr_total is None or not adaptive(optimizer) \
-                or not isinstance(rate, float | int):
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Counted after each real step of the first optimiser (a hook on its step: manual
+        # or automatic optimisation alike; a step the AMP scaler skips never runs).
+        optimizers = trainer.optimizers
+        if not optimizers or not adaptive(optimizers[0]):
             self.lr_total = None
+        elif self.lr_total is not None:
+            self._step_hook = optimizers[0].register_step_post_hook(self._stepped)
+
+    def _stepped(self, optimizer, args, kwargs) -> None:
+        rate = optimizer.param_groups[0]["lr"]
+        if self.lr_total is None or not isinstance(rate, float | int):
+            self.lr_total = None  # a tensor rate is not read (a host sync): unknown
         else:
             self.lr_total += rate
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._unhook()
+
+    def _unhook(self) -> None:
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:  # the sanity check validates before any update
@@ -300,6 +319,7 @@ class GradientFlowCallback(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
         self._close()  # the model must not stay unrolled after a failed batch
+        self._unhook()
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
         self._write_summary(trainer, status, str(exception).splitlines()[0][:500]
                             if str(exception) else type(exception).__name__)
