@@ -54,17 +54,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from rnnscope.files import read_yaml
-from rnnscope.flow.diagnosis import HISTORY, VERDICTS, Context, diagnose
+from rnnscope.flow.diagnosis import VERDICTS, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.rundir.directory import read_records
 from rnnscope.study.spec import study_from_dict
 from rnnscope.study.store import StudyStore
 from rnnscope.study.workers import run_study
 from rnnscope.training.config import SHORTHANDS, ExperimentConfig
-from rnnscope.training.predict import lr_total
+from rnnscope.training.history import context_at, probes
 from timing import machine  # benchmarks/timing.py: run as a script
 
 CASES = Path(__file__).resolve().parent / "doctor" / "cases.yaml"
@@ -190,57 +188,21 @@ def label(case: Case, rows: dict) -> None:
 
 def judge(case: Case, run_dir: Path) -> None:
     """The verdicts of today's `diagnose` at the three points of the baseline run."""
-    config_data = read_yaml(run_dir / "config.yaml")
-    config = ExperimentConfig.from_dict(config_data)
-    task = config.task.build()
+    config = ExperimentConfig.from_dict(read_yaml(run_dir / "config.yaml"))
     lines = read_records(run_dir / "metrics.jsonl") or []
-    probes = [line for line in lines if line.get("kind") == "train" and "flow" in line]
-    evals = [line for line in lines if line.get("kind") == "eval"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    if not probes:
+    recorded = probes(lines)
+    if not recorded:
         return
-    early = next((p for p in probes if p["step"] >= EARLY), probes[-1])
-    for point, probe in (("init", probes[0]), ("early", early), ("end", probes[-1])):
-        held_out = next((e for e in reversed(evals) if e["step"] <= probe["step"]), {})
-        solved = summary.get("solved") if point == "end" else held_out.get("solved")
-        before = [p for p in probes if p["step"] < probe["step"]
-                  and isinstance(p.get("reach"), int)][-HISTORY:]
-        earlier = tuple(p["reach"] for p in before)
-        faint = tuple(p.get("reach_faint") or _faint(p["flow"]) for p in before)
-        updates = [p["update_ratio"] for p in probes if p["step"] < probe["step"]
-                   and isinstance(p.get("update_ratio"), float)]
-        context = Context(horizon=task.reach_needed, window=config.bptt.window,
-                          nearest=task.nearest_dependency, initial=probe["step"] <= 1,
-                          solved=solved, metric=held_out.get("metric"), chance=task.baseline,
-                          update_ratio=probe.get("update_ratio"),
-                          earlier_reach=earlier, earlier_faint=faint,
-                          largest_update=max(updates, default=None),
-                          lr_total=lr_total(config, lines, held_out.get("step")))
-        diagnosis = diagnose(flow_of(probe["flow"]), lr=probe.get("lr"),
+    early = next((p for p in recorded if p["step"] >= EARLY), recorded[-1])
+    for point, probe in (("init", recorded[0]), ("early", early), ("end", recorded[-1])):
+        context = context_at(config, lines, probe["step"],
+                             solved=summary.get("solved") if point == "end" else None)
+        diagnosis = diagnose(GradientFlow.from_dict(probe["flow"]), lr=probe.get("lr"),
                              current=config.as_flags(), context=context)
         case.verdicts[point] = diagnosis.verdict
         if diagnosis.verdict != "healthy" and diagnosis.fixes:
             case.fixes[point] = diagnosis.fixes[0].change
-
-
-def _faint(flow: dict) -> int:
-    """A probe's reach within 1e-6 of the peak (the runs of before the probe line kept
-    it), as `diagnose` reads it."""
-    return diagnose(flow_of(flow)).evidence["reach_faint"]
-
-
-def flow_of(data: dict) -> GradientFlow:
-    """A probe line's flow as the `GradientFlow` the trainer diagnosed."""
-    norms = torch.tensor([[float("nan") if v is None else v for v in row]
-                          for row in data["norms"]], dtype=torch.float64)
-    aligned = data.get("steps_back")
-    return GradientFlow(norms, data["layers"], data.get("reverse") or [False] * len(norms),
-                        subnormal_fraction=data.get("subnormal_fraction", 0.0),
-                        underflow_fraction=data.get("underflow_fraction", 0.0),
-                        states=data.get("states") or [],
-                        aligned=None if aligned is None else torch.tensor(
-                            [[float("nan") if v is None else v for v in row]
-                             for row in aligned], dtype=torch.float64))
 
 
 def fix_variant(change: dict) -> dict:

@@ -56,6 +56,42 @@ def test_checkpoint_weights_are_used(tmp_path, capsys):
     assert loaded["reach"] == 60 and loaded["reach"] > default["reach"]
 
 
+def test_a_checkpoint_in_a_run_directory_is_told_the_runs_history(tmp_path, capsys):
+    """A trainer's checkpoint beside its run's metrics.jsonl is diagnosed with the history
+    the trainer had (earlier reaches, updates, the held-out metric against chance, the
+    rate spent): here a tanh RNN on the adding problem (30 steps back) still at chance
+    after 60 updates at 1e-2 is `vanishing` by the rule for that; the same file elsewhere
+    is read alone, as before."""
+    from rnnscope.training.run import train
+    from support import tiny_run
+
+    config = tiny_run(tmp_path, model={"cell": "rnn_tanh"}, optim={"lr": 0.01},
+                      task={"name": "adding", "seq_len": 30},
+                      probe={"every": 10}, run={"steps": 60, "eval_every": 20,
+                                                "checkpoint_every": 60})
+    train(config)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    args = ["diagnose", "--task", "adding", "--seq-len", "30", "--cell", "rnn_tanh",
+            "--hidden", "16", "--batch", "8", "--json"]
+    assert main([*args, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "a")]) == 0
+    told = json.loads(capsys.readouterr().out)
+    assert told["history"] == {"run_dir": str((tmp_path / "run").resolve()), "step": 60,
+                               "recordings": 7}  # probes at steps 1, 10, 20, ..., 60
+    evidence = told["evidence"]
+    assert evidence["lr_total"] == pytest.approx(0.6, rel=1e-12)
+    assert evidence["metric"] > 0.75 * evidence["chance"]  # still at chance
+    assert told["verdict"] == "vanishing" and evidence["at_chance_after"] == pytest.approx(0.6)
+    alone = tmp_path / "elsewhere" / "last.pt"
+    alone.parent.mkdir()
+    alone.write_bytes(checkpoint.read_bytes())
+    assert main([*args, "--checkpoint", str(alone), "--out", str(tmp_path / "b")]) == 0
+    blind = json.loads(capsys.readouterr().out)
+    assert blind["history"] is None and "lr_total" not in blind["evidence"]
+    assert main([*args[:-1], "--checkpoint", str(checkpoint), "--out", str(tmp_path / "c")]) == 0
+    assert f"history: the run in {(tmp_path / 'run').resolve()}, after 60 updates (7 earlier " \
+        "recordings read" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--cell", "transformer"], "cell: unknown 'transformer'; accepted: rnn_tanh"),
     (["--init", "glorot"], "init.scheme: unknown 'glorot'; accepted:"),

@@ -429,7 +429,7 @@ def test_a_tanh_rnn_still_at_chance_after_a_normal_run_on_a_task_over_20_steps_v
 
 def test_the_summed_rate_of_a_run_counts_adam_like_updates_up_to_the_evaluation():
     from rnnscope.training.config import ExperimentConfig
-    from rnnscope.training.predict import lr_total
+    from rnnscope.training.history import lr_total
 
     lines = [{"kind": "train", "step": s, "lr": 0.01} for s in range(1, 101)]
     lines += [{"kind": "eval", "step": 50, "metric": 0.5}, {"kind": "probe", "step": 60}]

@@ -172,7 +172,7 @@ def test_the_rates_are_summed_at_each_evaluation_not_at_each_probe():
 
 def test_a_step_the_guard_vetoes_or_rolls_back_does_not_count_in_the_summed_rate(tmp_path):
     """A skipped step made no update; a rollback takes the sum back with the weights."""
-    from rnnscope.training.predict import lr_total
+    from rnnscope.training.history import lr_total
 
     def poisoned(trainer, at):
         def before_step(state):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,13 +13,22 @@ import torch
 from rnnscope.checks import integer
 from rnnscope.cli.common import EXIT_OK
 from rnnscope.figures.flow import plot_flow_profile
-from rnnscope.files import blocking_file, check_file_target, json_safe, reason, write_json
+from rnnscope.files import (
+    blocking_file,
+    check_file_target,
+    json_safe,
+    read_yaml,
+    reason,
+    write_json,
+)
 from rnnscope.flow.diagnosis import Context, diagnose
 from rnnscope.flow.recording import record
 from rnnscope.models.cells import CELLS
 from rnnscope.numerics import flush_denormal
+from rnnscope.rundir.directory import CONFIG, METRICS, read_records
 from rnnscope.tasks import TASKS, task_settings
 from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.history import context_at
 from rnnscope.training.predict import PREDICT_STEPS, short_run
 from rnnscope.training.run import build_error
 
@@ -41,7 +51,8 @@ examples:
   rnnscope diagnose --task temporal_order --seq-len 200 --cell lstm --init chrono:200 \
       --predict --bptt.window=25 --lr 0.01
 
-  # a trained model: weights from a checkpoint (a state_dict, or {"model": state_dict})
+  # a trained model: weights from a checkpoint (a state_dict, or {"model": state_dict});
+  # one in a run directory is told the run's history up to it, as the trainer was
   rnnscope diagnose --cell lstm --hidden 128 --checkpoint runs/lstm/checkpoints/last.pt
 
 Exit codes: 0 done, 2 bad input. Writes flow.png and diagnosis.json under --out: a new
@@ -96,10 +107,15 @@ def run(args: argparse.Namespace) -> int:
         raise build_error(error) from None
     if args.checkpoint is not None and args.predict:
         raise ValueError("predict: trains from the initial weights; drop --checkpoint")
-    if args.checkpoint is not None:
-        _load_checkpoint(model, args.checkpoint)
     context = Context(horizon=task.reach_needed, window=config.bptt.window,
                       nearest=task.nearest_dependency, initial=args.checkpoint is None)
+    history = None
+    if args.checkpoint is not None:
+        step = _load_checkpoint(model, args.checkpoint)
+        history = _run_history(args.checkpoint, step)
+        if history is not None:  # the trainer's history of these weights: as it told it
+            context = replace(history.pop("context"), horizon=context.horizon,
+                              window=context.window, nearest=context.nearest)
     if args.predict:
         run = short_run(config, integer("--predict-steps", args.predict_steps, 1))
         if run.weights is not None:  # None: it diverged at once; the initial weights tell
@@ -121,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         "task": args.task, "task_settings": dict(config.task.settings), "seq_len": seq_len,
         "cell": args.cell, "init": args.init,
         "hidden": args.hidden, "layers": args.layers, "loss": loss.item(),
-        **result.to_dict(), "plot": str(plot), "flow": recorder.flow.norms.tolist(),
+        **result.to_dict(), "history": history, "plot": str(plot),
+        "flow": recorder.flow.norms.tolist(),
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json(args.out / "diagnosis.json", summary)
@@ -129,8 +146,31 @@ def run(args: argparse.Namespace) -> int:
         summary.pop("flow")
         print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     else:
-        _print(args, seq_len, loss.item(), result, plot)
+        _print(args, seq_len, loss.item(), result, plot, history)
     return EXIT_OK
+
+
+def _run_history(checkpoint: Path, step: int | None) -> dict | None:
+    """For a checkpoint in a run directory (RUN/checkpoints/NAME.pt, beside RUN's
+    config.yaml and metrics.jsonl): what the trainer would tell the diagnosis of the
+    weights after `step` updates (the checkpoint's own, else the last step the run
+    logged), with where it came from; None elsewhere, or when the run's files do not
+    read (the checkpoint alone is diagnosed then, as before)."""
+    run = checkpoint.resolve().parent.parent
+    if not ((run / METRICS).is_file() and (run / CONFIG).is_file()):
+        return None
+    try:
+        run_config = ExperimentConfig.from_dict(read_yaml(run / CONFIG))
+        lines = read_records(run / METRICS) or []
+        if step is None:
+            step = max((line["step"] for line in lines if line.get("kind") == "train"
+                        and isinstance(line.get("step"), int)), default=0)
+        # The weights after `step` updates are those a probe at step + 1 records.
+        context = context_at(run_config, lines, step + 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"run_dir": str(run), "step": step, "recordings": len(context.earlier_reach),
+            "context": context}
 
 
 def _check_out(out: Path) -> None:
@@ -173,9 +213,13 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         "init": args.init, "run": {"batch": args.batch, "seed": args.seed}, **sections})
 
 
-def _print(args: argparse.Namespace, seq_len, loss: float, result, plot: Path) -> None:
+def _print(args: argparse.Namespace, seq_len, loss: float, result, plot: Path,
+           history: dict | None) -> None:
     print(f"{args.task} T={seq_len}, {args.cell} (init {args.init}), hidden "
           f"{args.hidden}: loss {loss:.4g}")
+    if history is not None:
+        print(f"history: the run in {history['run_dir']}, after {history['step']} updates "
+              f"({history['recordings']} earlier recordings read, as the trainer told them)")
     print(f"verdict: {result.verdict}   reach: {result.reach}/{result.steps} steps   "
           f"rate: x{result.rate:.3g} per step")
     print(f"  {result.summary()}")
@@ -184,7 +228,9 @@ def _print(args: argparse.Namespace, seq_len, loss: float, result, plot: Path) -
     print(f"plot: {plot}")
 
 
-def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
+def _load_checkpoint(model: torch.nn.Module, path: Path) -> int | None:
+    """Load the weights into `model`; the checkpoint's step (updates done) when it is a
+    trainer's checkpoint, else None."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     try:
@@ -192,7 +238,10 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     except Exception as error:  # torch raises several kinds for a file that is not a checkpoint
         raise ValueError(f"checkpoint: cannot read {path} as a torch checkpoint "
                          f"({type(error).__name__})") from None
+    step = None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        step = state.get("step") if isinstance(state.get("step"), int) and not isinstance(
+            state.get("step"), bool) and state["step"] >= 0 else None
         state = state["model"]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: {path} holds no state_dict")
@@ -206,3 +255,4 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
         raise ValueError(f"checkpoint: {path} does not fit the model built from --cell, "
                          f"--hidden and --layers: {'; '.join(problems[:3])}")
     model.load_state_dict(state)
+    return step

@@ -54,6 +54,21 @@ class GradientFlow:
     def steps(self) -> int:
         return self.norms.shape[1]
 
+    @classmethod
+    def from_dict(cls, data: dict) -> GradientFlow:
+        """The flow `to_dict` wrote (a probe line's "flow"; JSON's nulls are NaN again)."""
+        def table(rows) -> Tensor:
+            return torch.tensor([[math.nan if v is None else v for v in row] for row in rows],
+                                dtype=torch.float64)
+
+        aligned = data.get("steps_back")
+        return cls(table(data["norms"]), list(data["layers"]),
+                   list(data.get("reverse") or [False] * len(data["norms"])),
+                   subnormal_fraction=data.get("subnormal_fraction", 0.0),
+                   underflow_fraction=data.get("underflow_fraction", 0.0),
+                   states=list(data.get("states") or []),
+                   aligned=None if aligned is None else table(aligned))
+
     def to_dict(self) -> dict:
         """Plain data, as metrics.jsonl keeps it on a probe line and figures draw it."""
         data = {"layers": list(self.layers), "norms": self.norms.tolist(),

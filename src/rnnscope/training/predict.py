@@ -13,14 +13,15 @@ its held-out metric, the learning rate it spent, and whether it already solved t
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from rnnscope.flow.diagnosis import ADAPTIVE, Context, chance_level
+from rnnscope.flow.diagnosis import Context
 from rnnscope.rundir.directory import METRICS, read_records
 from rnnscope.training.config import ExperimentConfig
+from rnnscope.training.history import context_at
 from rnnscope.training.run import train
 
 PREDICT_STEPS = 50  # "a few dozen steps": gates start to learn, a collapse shows
@@ -48,31 +49,9 @@ def short_run(config: ExperimentConfig, steps: int = PREDICT_STEPS) -> ShortRun:
         weights = torch.load(last, map_location="cpu", weights_only=True)["model"] \
             if last.is_file() else None
         lines = read_records(Path(scratch) / "run" / METRICS) or []
-    probes = [line for line in lines if "flow" in line and isinstance(line.get("reach"), int)]
-    updates = [line["update_ratio"] for line in probes if line.get("update_ratio")]
-    task = short.task.build()
-    return ShortRun(weights, Context(
-        horizon=task.reach_needed, window=config.bptt.window, nearest=task.nearest_dependency,
-        solved=result.solved, metric=result.metric, chance=chance_level(task),
-        update_ratio=updates[-1] if updates else None,
-        # The model diagnosed is the last probe's, one update on: its reach is "now".
-        earlier_reach=tuple(line["reach"] for line in probes[:-1]),
-        earlier_faint=tuple(line.get("reach_faint", line["reach"]) for line in probes[:-1]),
-        largest_update=max(updates[:-1]) if len(updates) > 1 else None,
-        lr_total=lr_total(config, lines, steps)))
-
-
-def lr_total(config: ExperimentConfig, lines: list[dict], step: int | None) -> float | None:
-    """The learning rates of a run's updates up to `step` (an evaluation's), summed from
-    its metrics lines, as the trainer tells the diagnosis (`Context.lr_total`): a step the
-    NaN guard vetoed made no update; after a rollback (which the lines do not say how far
-    went) it is unknown. None too for an optimiser that does not move each weight by
-    about its rate (SGD) and before any evaluation."""
-    if step is None or config.optim.name not in ADAPTIVE:
-        return None
-    steps = [line for line in lines if line.get("kind") == "train"
-             and isinstance(line.get("step"), int) and line["step"] <= step]
-    if any(line.get("guard") == "rollback" for line in steps):
-        return None
-    return sum(line["lr"] for line in steps if "guard" not in line
-               and isinstance(line.get("lr"), float))
+    # The model diagnosed has had `steps` updates, one more than the probe at `steps`
+    # saw: that probe's reach stands for "now", the earlier ones are its history (for an
+    # odd `steps` the last probe is at steps - 1 and counts as history), the final
+    # evaluation gives the metric.
+    context = context_at(short, lines, steps, solved=result.solved)
+    return ShortRun(weights, replace(context, initial=False))
