@@ -91,6 +91,32 @@ def test_a_checkpoint_in_a_run_directory_is_told_the_runs_history(tmp_path, caps
     assert f"history: the run in {(tmp_path / 'run').resolve()}, after 60 updates (7 earlier " \
         "recordings read" in capsys.readouterr().out
 
+    # A checkpoint of step 59 is told the evaluation of its own weights or before (step
+    # 40), never step 60's, which scored the weights one update on.
+    state = torch.load(checkpoint, weights_only=False)
+    torch.save({**state, "step": 59}, checkpoint.parent / "mid.pt")
+    assert main([*args, "--checkpoint", str(checkpoint.parent / "mid.pt"),
+                 "--out", str(tmp_path / "d")]) == 0
+    mid = json.loads(capsys.readouterr().out)
+    assert mid["history"]["step"] == 59 and mid["history"]["recordings"] == 6
+    assert mid["evidence"]["lr_total"] == pytest.approx(0.4, rel=1e-12)
+
+    def note(extra, name):
+        assert main([*args[:-1], *extra, "--out", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert "history: not read (" in out and "earlier recordings read" not in out
+        return out.split("history: not read (")[1].split("); the weights")[0]
+
+    # Another task than the run's: its history is not this model's on this task.
+    assert note(["--checkpoint", str(checkpoint), "--seq-len", "40"], "e") == (
+        "the run trained task settings {'seq_len': 30}, the flags say {'seq_len': 40}")
+    torch.save(state["model"], checkpoint.parent / "bare.pt")  # no step: whose history?
+    assert note(["--checkpoint", str(checkpoint.parent / "bare.pt")], "f") == \
+        "the checkpoint does not say its step"
+    torch.save({**state, "step": 70}, checkpoint.parent / "late.pt")
+    assert note(["--checkpoint", str(checkpoint.parent / "late.pt")], "g").endswith(
+        "metrics.jsonl does not reach step 70")
+
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--cell", "transformer"], "cell: unknown 'transformer'; accepted: rnn_tanh"),

@@ -61,3 +61,20 @@ def test_a_probe_lines_flow_reads_back_as_the_flow_it_was():
     assert torch.equal(back.aligned.nan_to_num(), norms.flip(1).nan_to_num())
     assert (back.layers, back.reverse, back.states) == (flow.layers, flow.reverse, flow.states)
     assert (back.subnormal_fraction, back.underflow_fraction) == (0.25, 0.5)
+
+
+def test_an_evaluation_is_read_up_to_the_step_asked_and_damaged_values_as_unknown():
+    config = tiny_run(optim={"name": "adam", "lr": 0.01})
+    lines = [{"kind": "train", "step": s, "lr": 0.01} for s in range(1, 7)]
+    lines += [{"kind": "eval", "step": 4, "metric": 0.3, "solved": False},
+              {"kind": "eval", "step": 5, "metric": 0.1, "solved": True}]
+    at_six = context_at(config, lines, 6)
+    assert (at_six.metric, at_six.solved) == (0.1, True)
+    assert at_six.lr_total == pytest.approx(0.05, rel=1e-12)
+    # The weights after 5 updates... as told by step 4's evaluation: bounded apart.
+    bounded = context_at(config, lines, 6, evaluated_by=4)
+    assert (bounded.metric, bounded.solved) == (0.3, False)
+    assert bounded.lr_total == pytest.approx(0.04, rel=1e-12)
+    lines[-1].update(metric="0.1", solved="yes")  # a damaged line: unknown, not believed
+    damaged = context_at(config, lines, 6)
+    assert damaged.metric is None and damaged.solved is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -109,13 +108,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("predict: trains from the initial weights; drop --checkpoint")
     context = Context(horizon=task.reach_needed, window=config.bptt.window,
                       nearest=task.nearest_dependency, initial=args.checkpoint is None)
-    history = None
+    history, told = None, config  # told: the settings the fixes are sized and sifted by
     if args.checkpoint is not None:
         step = _load_checkpoint(model, args.checkpoint)
-        history = _run_history(args.checkpoint, step)
-        if history is not None:  # the trainer's history of these weights: as it told it
-            context = replace(history.pop("context"), horizon=context.horizon,
-                              window=context.window, nearest=context.nearest)
+        history = _run_history(args.checkpoint, step, config) or None
+        if history is not None and "context" in history:
+            # The trainer's history of these weights, as it told it; its rate and
+            # settings (clipping, init, the rate itself) are those in force.
+            context, told = history.pop("context"), history.pop("config")
     if args.predict:
         run = short_run(config, integer("--predict-steps", args.predict_steps, 1))
         if run.weights is not None:  # None: it diverged at once; the initial weights tell
@@ -127,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
         output, _ = model(inputs)
         loss = task.loss(output, targets)
         loss.backward()
-    result = diagnose(recorder, lr=config.optim.lr, current=config.as_flags(),
-                      context=context)
+    result = diagnose(recorder, lr=told.optim.lr, current=told.as_flags(), context=context)
 
     seq_len = getattr(task, "seq_len", None)
     title = f"{args.task} T={seq_len}: {args.cell}, init {args.init} -> {result.verdict}"
@@ -150,27 +149,50 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_history(checkpoint: Path, step: int | None) -> dict | None:
-    """For a checkpoint in a run directory (RUN/checkpoints/NAME.pt, beside RUN's
-    config.yaml and metrics.jsonl): what the trainer would tell the diagnosis of the
-    weights after `step` updates (the checkpoint's own, else the last step the run
-    logged), with where it came from; None elsewhere, or when the run's files do not
-    read (the checkpoint alone is diagnosed then, as before)."""
+def _run_history(checkpoint: Path, step: int | None, config: ExperimentConfig) -> dict:
+    """For a trainer's checkpoint in its run directory (RUN/checkpoints/NAME.pt, beside
+    RUN's config.yaml and metrics.jsonl): what the trainer would tell the diagnosis of
+    its weights, the weights after `step` updates: {"run_dir", "step", "recordings",
+    "context", "config"}. Read only where it is the trainer's history of this model and
+    task: the checkpoint says its step, metrics.jsonl reaches it, and the run trained the
+    task, model and window the flags name; otherwise {"note": why not} (the weights are
+    diagnosed alone, as before), and nothing at all outside a run directory."""
     run = checkpoint.resolve().parent.parent
     if not ((run / METRICS).is_file() and (run / CONFIG).is_file()):
-        return None
+        return {}
     try:
         run_config = ExperimentConfig.from_dict(read_yaml(run / CONFIG))
+    except (OSError, ValueError) as error:
+        return {"note": f"{run / CONFIG} does not read ({str(error).splitlines()[0][:200]})"}
+    for field, ours, theirs in (
+            ("task", config.task.name, run_config.task.name),
+            ("task settings", _effective(config), _effective(run_config)),
+            ("cell", config.model.cell, run_config.model.cell),
+            ("hidden", config.model.hidden, run_config.model.hidden),
+            ("layers", config.model.layers, run_config.model.layers),
+            ("bptt.window", config.bptt.window, run_config.bptt.window)):
+        if ours != theirs:
+            return {"note": f"the run trained {field} {theirs}, the flags say {ours}"}
+    if step is None:
+        return {"note": "the checkpoint does not say its step"}
+    try:
         lines = read_records(run / METRICS) or []
-        if step is None:
-            step = max((line["step"] for line in lines if line.get("kind") == "train"
-                        and isinstance(line.get("step"), int)), default=0)
-        # The weights after `step` updates are those a probe at step + 1 records.
-        context = context_at(run_config, lines, step + 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        if not any(line.get("kind") == "train" and line.get("step") == step
+                   for line in lines) and step > 0:
+            return {"note": f"{run / METRICS} does not reach step {step}"}
+        # The weights after `step` updates: what a probe at step + 1 records, told the
+        # evaluation of those very weights (at `step`), not a later one.
+        context = context_at(run_config, lines, step + 1, evaluated_by=step)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        return {"note": f"{run / METRICS} does not read ({type(error).__name__})"}
     return {"run_dir": str(run), "step": step, "recordings": len(context.earlier_reach),
-            "context": context}
+            "context": context, "config": run_config}
+
+
+def _effective(config: ExperimentConfig) -> dict:
+    """A config's task settings with the task's defaults filled in (what it trained on)."""
+    defaults = task_settings(config.task.name) if config.task.name in TASKS else {}
+    return {**defaults, **config.task.settings}
 
 
 def _check_out(out: Path) -> None:
@@ -217,7 +239,9 @@ def _print(args: argparse.Namespace, seq_len, loss: float, result, plot: Path,
            history: dict | None) -> None:
     print(f"{args.task} T={seq_len}, {args.cell} (init {args.init}), hidden "
           f"{args.hidden}: loss {loss:.4g}")
-    if history is not None:
+    if history is not None and "note" in history:
+        print(f"history: not read ({history['note']}); the weights are diagnosed alone")
+    elif history is not None:
         print(f"history: the run in {history['run_dir']}, after {history['step']} updates "
               f"({history['recordings']} earlier recordings read, as the trainer told them)")
     print(f"verdict: {result.verdict}   reach: {result.reach}/{result.steps} steps   "

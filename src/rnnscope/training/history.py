@@ -52,12 +52,14 @@ def lr_total(config: ExperimentConfig, lines: list[dict], step: int | None) -> f
 
 
 def context_at(config: ExperimentConfig, lines: list[dict], step: int, *,
-               solved: bool | None = None) -> Context:
+               solved: bool | None = None, evaluated_by: int | None = None) -> Context:
     """The context of a recording at training step `step` (1-based; the weights after
     step - 1 updates), read from the run's metrics `lines`: the probes before it (the
     last HISTORY), the update ratio of the probe at `step` (or the latest before it) and
-    the largest before, the latest evaluation at or before `step` with its rate spent.
-    `solved` overrides the evaluation's (a run's final word, from its summary)."""
+    the largest before, the latest evaluation at or before `evaluated_by` (default
+    `step`) with its rate spent. `solved` overrides the evaluation's (a run's final
+    word, from its summary). A value of the wrong type in a line (a damaged file) is
+    read as unknown."""
     task = config.task.build()
     recorded = probes(lines)
     before = [line for line in recorded if line["step"] < step][-HISTORY:]
@@ -65,13 +67,17 @@ def context_at(config: ExperimentConfig, lines: list[dict], step: int, *,
               and isinstance(line.get("update_ratio"), float)]
     latest = ratios[-1]["update_ratio"] if ratios else None
     earlier = [line["update_ratio"] for line in ratios if line["step"] < step]
+    last = step if evaluated_by is None else evaluated_by
     evaluation = next((line for line in reversed(lines) if line.get("kind") == "eval"
-                       and isinstance(line.get("step"), int) and line["step"] <= step), {})
+                       and isinstance(line.get("step"), int) and line["step"] <= last), {})
+    metric = evaluation.get("metric")
+    told = evaluation.get("solved")
     return Context(
         horizon=task.reach_needed, window=config.bptt.window,
         nearest=task.nearest_dependency, initial=step <= 1,
-        solved=evaluation.get("solved") if solved is None else solved,
-        metric=evaluation.get("metric"), chance=chance_level(task),
+        solved=(told if isinstance(told, bool) else None) if solved is None else solved,
+        metric=metric if isinstance(metric, float | int) and not isinstance(metric, bool)
+        else None, chance=chance_level(task),
         update_ratio=latest, largest_update=max(earlier, default=None),
         earlier_reach=tuple(line["reach"] for line in before),
         earlier_faint=tuple(faint_reach(line) for line in before),
