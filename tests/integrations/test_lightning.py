@@ -242,27 +242,27 @@ def test_the_callback_tells_the_diagnosis_the_rates_summed_up_to_the_latest_vali
         return callback, run
 
     callback, run = fitted(tmp_path / "adam")
-    assert callback.lr_total == pytest.approx(0.05, rel=1e-12)  # 5 updates at 1e-2
-    assert callback.evaluated_lr_total == pytest.approx(0.04, rel=1e-12)  # validated at 4
+    assert callback.rates.total == pytest.approx(0.05, rel=1e-12)  # 5 updates at 1e-2
+    assert callback.rates.evaluated == pytest.approx(0.04, rel=1e-12)  # validated at 4
     assert callback.last_diagnosis.evidence["lr_total"] == pytest.approx(0.04, rel=1e-12)
     assert not run.optimizers[0]._optimizer_step_post_hooks  # the hook went with the fit
     resumed = GradientFlowCallback(every=1)
     resumed.load_state_dict(callback.state_dict())
-    assert (resumed.lr_total, resumed.evaluated_lr_total) == (
-        callback.lr_total, callback.evaluated_lr_total)
+    assert (resumed.rates.total, resumed.rates.evaluated) == (
+        callback.rates.total, callback.rates.evaluated)
     resumed.load_state_dict({"reaches": [3]})  # a state of before: unknown
-    assert resumed.lr_total is None and resumed.evaluated_lr_total is None
+    assert resumed.rates.total is None and resumed.rates.evaluated is None
     with pytest.raises(ValueError) as error:
         resumed.load_state_dict({"reaches": [3], "lr_total": "x"})
     assert str(error.value) == "lr_total: must be none or a finite number >= 0, got 'x'"
 
     sgd, _ = fitted(tmp_path / "sgd", torch.optim.SGD)  # validated too: the metric is known
     assert sgd.last_diagnosis.evidence["metric"] == 1.0
-    assert sgd.lr_total is None and "lr_total" not in sgd.last_diagnosis.evidence
+    assert sgd.rates.total is None and "lr_total" not in sgd.last_diagnosis.evidence
     tensor_rate = GradientFlowCallback(every=1)
     adam = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=torch.tensor(0.01))
-    tensor_rate._stepped(adam, (), {})
-    assert tensor_rate.lr_total is None
+    tensor_rate.rates._stepped(adam, (), {})
+    assert tensor_rate.rates.total is None
 
 
 def test_nothing_recorded_or_logged_on_batches_not_due(tmp_path):

@@ -141,22 +141,22 @@ def test_the_diagnosis_is_told_the_rates_summed_up_to_the_latest_evaluation(opti
     assert trainer.fit() == "finished"
     rates = [trainer.schedule.lr(step) for step in range(5)]  # 0.01, 0.01, 0.005, 0.005, ..
     if not known:
-        assert trainer.lr_total is None and trainer.context().lr_total is None
+        assert trainer.rates.total is None and trainer.context().lr_total is None
         return
-    assert trainer.lr_total == pytest.approx(sum(rates), rel=1e-12)
+    assert trainer.rates.total == pytest.approx(sum(rates), rel=1e-12)
     assert trainer.evaluation.step == 5
     assert trainer.context().lr_total == pytest.approx(sum(rates), rel=1e-12)
     resumed = Trainer(config)
     resumed.load_state_dict(trainer.state_dict())
-    assert resumed.lr_total == trainer.lr_total
+    assert resumed.rates.total == trainer.rates.total
     assert resumed.context().lr_total == trainer.context().lr_total
     older = {k: v for k, v in trainer.state_dict().items()
              if k not in ("lr_total", "evaluated_lr_total")}
     before = Trainer(config)
     before.load_state_dict(older)
-    assert before.lr_total is None and before.context().lr_total is None
+    assert before.rates.total is None and before.context().lr_total is None
     before.train_step()  # and stays unknown: the rates before the checkpoint are lost
-    assert before.lr_total is None
+    assert before.rates.total is None
 
 
 def test_the_rates_are_summed_at_each_evaluation_not_at_each_probe():
@@ -166,7 +166,7 @@ def test_the_rates_are_summed_at_each_evaluation_not_at_each_probe():
     trainer.train_step()
     trainer.evaluate()
     trainer.train_step()
-    assert trainer.lr_total == pytest.approx(0.03, rel=1e-12)
+    assert trainer.rates.total == pytest.approx(0.03, rel=1e-12)
     assert trainer.context().lr_total == pytest.approx(0.02, rel=1e-12)
 
 
@@ -185,14 +185,14 @@ def test_a_step_the_guard_vetoes_or_rolls_back_does_not_count_in_the_summed_rate
                                      run={"steps": 4, "eval_every": 4})), at={2})
     skip.fit()
     assert skip.guard.skipped == 1
-    assert skip.lr_total == pytest.approx(0.03, rel=1e-12)
+    assert skip.rates.total == pytest.approx(0.03, rel=1e-12)
     rollback = poisoned(Trainer(tiny_run(guard="rollback", optim={"name": "adam", "lr": 0.01},
                                          run={"steps": 6, "eval_every": 6})), at={5})
     rollback.fit()
     assert rollback.guard.rollbacks == 1
     # Step 5 rolls back to the initial weights (no state survived guard.every = 10 steps
     # yet): the four updates before it no longer count; step 6 runs at half the rate.
-    assert rollback.lr_total == pytest.approx(0.005, rel=1e-12)
+    assert rollback.rates.total == pytest.approx(0.005, rel=1e-12)
     # The metrics lines say a step was vetoed, not how far a rollback went.
     lines = [{"kind": "train", "step": s, "lr": 0.01} for s in range(1, 5)]
     lines[1]["guard"] = "skip"

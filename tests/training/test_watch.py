@@ -213,7 +213,7 @@ def test_an_adam_optimiser_tells_the_diagnosis_its_rates_summed_up_to_held_out(t
         return watcher, optimizer
 
     adam, optimizer = run(tmp_path / "adam", lambda p: torch.optim.Adam(p, lr=0.01))
-    assert adam._lr_total == pytest.approx(0.04, rel=1e-12)  # 4 updates, 8 backward passes
+    assert adam.rates.total == pytest.approx(0.04, rel=1e-12)  # 4 updates, 8 backward passes
     assert not optimizer._optimizer_step_post_hooks  # removed when the block ended
     # Recordings at backward passes 1, 2, 4, 6, 8, each diagnosed when the next pass
     # opens (the last at the block's end); held_out came after the third update (pass 6):
@@ -224,7 +224,7 @@ def test_an_adam_optimiser_tells_the_diagnosis_its_rates_summed_up_to_held_out(t
     summary = json.loads((tmp_path / "adam" / "summary.json").read_text())
     assert summary["evidence"]["lr_total"] == pytest.approx(0.03)
     sgd, _ = run(tmp_path / "sgd", lambda p: torch.optim.SGD(p, lr=0.01))
-    assert sgd._lr_total is None
+    assert sgd.rates.total is None
     assert all("lr_total" not in d.evidence for _, d in sgd.history)
     with pytest.raises(ValueError) as error:
         rnnscope.watch(Model(), tmp_path / "bad", optimizer="adam")

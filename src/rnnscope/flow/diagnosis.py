@@ -106,12 +106,6 @@ TANH_HORIZON = 50
 # Nearer (to-L22-tanh, 20 steps back) one learnt from 0.77 of chance at step 50.
 CHANCE_PROGRESS = 0.5
 STORE_HORIZON = 20
-# Optimisers (rnnscope's config names; torch's classes, lower-cased) that move each weight
-# by about the learning rate per update, whatever the gradient's size: Adam, on which the
-# rule was measured, and AdamW (the same step, with decoupled decay). RMSprop's first
-# steps are ~10x its rate (no bias correction) and SGD's are the rate times the gradient:
-# not counted.
-ADAPTIVE = ("adam", "adamw")
 VERDICTS = ("vanishing", "exploding", "healthy", "nonfinite", "truncated", "stalled")
 
 
@@ -134,7 +128,8 @@ class Context:
     # given, earlier_reach stands in for it).
     earlier_faint: tuple[int, ...] = ()
     # The learning rates of the updates before the held-out metric was measured, summed,
-    # for an optimiser that moves each weight by about its rate (`ADAPTIVE`: Adam, AdamW);
+    # for an optimiser that moves each weight by about its rate (Adam, AdamW: see
+    # remedies/optim.py, `SummedRate`);
     # None for others (SGD's step is the rate times the gradient) or when unknown.
     lr_total: float | None = None
 
@@ -466,12 +461,6 @@ def _at_chance(context: Context) -> bool:
     metric, chance = context.metric, context.chance
     return metric is not None and chance is not None and math.isfinite(metric) and \
         chance > 0 and metric > LEFT_CHANCE * chance
-
-
-def adaptive(optimizer) -> bool:
-    """Whether a torch optimiser moves each weight by about its rate (`ADAPTIVE`), so
-    that its rates summed tell how far training has gone (`Context.lr_total`)."""
-    return type(optimizer).__name__.lower() in ADAPTIVE
 
 
 def _stuck(context: Context) -> bool:

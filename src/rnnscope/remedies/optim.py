@@ -68,6 +68,82 @@ def build_optimizer(parameters: Iterable, config: OptimConfig) -> torch.optim.Op
     return _BUILDERS[config.name](parameters, config)
 
 
+# Optimisers (rnnscope's config names; torch's classes, lower-cased) that move each weight
+# by about the learning rate per update, whatever the gradient's size: Adam, on which the
+# diagnosis' rule for a tanh RNN still at chance was measured, and AdamW (the same step,
+# with decoupled decay). RMSprop's first steps are ~10x its rate (no bias correction) and
+# SGD's are the rate times the gradient: not counted.
+ADAPTIVE = ("adam", "adamw")
+
+
+def adaptive(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a torch optimiser moves each weight by about its rate (`ADAPTIVE`)."""
+    return type(optimizer).__name__.lower() in ADAPTIVE
+
+
+class SummedRate:
+    """The learning rates of an optimiser's steps, summed (`total`), and the sum when the
+    model was last evaluated (`evaluated`): how far an Adam-like optimiser has moved the
+    weights, which the diagnosis reads as `Context.lr_total`. The trainer, `watch` and
+    the Lightning callback each keep one.
+
+    `follow(optimizer)` counts by a hook on the optimiser's step, so only real updates
+    count: not backward passes (gradient accumulation), not a step the NaN guard vetoes
+    or an AMP scaler skips. The rate is read as a Python float (no host sync); any other
+    optimiser, or a tensor rate, leaves the sum unknown (None) from then on.
+    """
+
+    def __init__(self) -> None:
+        self.total: float | None = 0.0
+        self.evaluated: float | None = None
+        self._hook = None
+
+    def follow(self, optimizer: torch.optim.Optimizer) -> None:
+        if not adaptive(optimizer):
+            self.total = None
+        elif self.total is not None and self._hook is None:
+            self._hook = optimizer.register_step_post_hook(self._stepped)
+
+    def _stepped(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        rate = optimizer.param_groups[0]["lr"]
+        if self.total is None or isinstance(rate, bool) or not isinstance(rate, float | int):
+            self.total = None
+        else:
+            self.total += rate
+
+    def mark_evaluated(self) -> None:
+        """The model was evaluated now: its metric pairs with the sum so far."""
+        self.evaluated = self.total
+
+    def stop(self) -> None:
+        """Stop counting (the hook goes)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def state_dict(self) -> dict:
+        return {"lr_total": self.total, "evaluated_lr_total": self.evaluated}
+
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """The two fields of `state_dict` in `state`, each none (a state of before kept no
+        sum) or a finite number >= 0; else a ValueError naming the field."""
+        for key in ("lr_total", "evaluated_lr_total"):
+            value = state.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, float | int) or not math.isfinite(value) or value < 0):
+                raise ValueError(f"{key}: must be none or a finite number >= 0, got "
+                                 f"{value!r}")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from a saved sum; a state of before that kept none leaves it unknown for
+        the rest of the run, and so does an optimiser this one does not count."""
+        self.check_state(state)
+        total, evaluated = state.get("lr_total"), state.get("evaluated_lr_total")
+        self.total = None if total is None or self.total is None else float(total)
+        self.evaluated = None if evaluated is None else float(evaluated)
+
+
 # --- learning-rate schedule --------------------------------------------------------------
 
 DECAYS = ("none", "step", "cosine", "plateau")

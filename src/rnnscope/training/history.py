@@ -16,8 +16,9 @@ reads from its short run.
 
 from __future__ import annotations
 
-from rnnscope.flow.diagnosis import ADAPTIVE, HISTORY, Context, chance_level, diagnose
+from rnnscope.flow.diagnosis import HISTORY, Context, chance_level, diagnose
 from rnnscope.flow.gradients import GradientFlow
+from rnnscope.remedies.optim import ADAPTIVE
 from rnnscope.training.config import ExperimentConfig
 
 

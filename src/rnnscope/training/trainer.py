@@ -29,20 +29,13 @@ from torch import Tensor
 
 from rnnscope.checks import integer
 from rnnscope.flow.bptt import BPTTResult, join_flows, truncated_bptt
-from rnnscope.flow.diagnosis import (
-    ADAPTIVE,
-    HISTORY,
-    Context,
-    Diagnosis,
-    chance_level,
-    diagnose,
-)
+from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, chance_level, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import grad_norms, update_ratio
 from rnnscope.flow.probes import snapshot as parameter_copies
 from rnnscope.remedies.clipping import Clipper, ClipResult
 from rnnscope.remedies.guard import Guard, TrainingDiverged
-from rnnscope.remedies.optim import LRSchedule, build_optimizer
+from rnnscope.remedies.optim import LRSchedule, SummedRate, build_optimizer
 from rnnscope.schedules import every
 from rnnscope.training.config import ExperimentConfig
 from rnnscope.training.distributed import LOCAL, SingleProcess
@@ -119,11 +112,10 @@ class Trainer:
         self.faint_history: list[int] = []  # the same, within 1e-6 of the peak
         self._last_update: float | None = None
         self.largest_update: float | None = None  # of the probed steps before the latest
-        # The rates of the updates so far, summed, and at the latest evaluation: how far
-        # an optimiser that moves each weight by about its rate has gone (the diagnosis'
-        # `Context.lr_total`); None for SGD and after a checkpoint that did not keep it.
-        self.lr_total: float | None = 0.0 if config.optim.name in ADAPTIVE else None
-        self.evaluated_lr_total: float | None = None
+        # The rates of the updates so far, summed, and at the latest evaluation (the
+        # diagnosis' `Context.lr_total`); None for SGD and RMSprop.
+        self.rates = SummedRate()
+        self.rates.follow(self.optimizer)
         self.listeners: dict[str, list[Callable]] = {event: [] for event in EVENTS}
         self.guard = Guard(config.guard, snapshot=self.snapshot, restore=self.restore,
                            scale_lr=self.schedule.scale_by)
@@ -172,8 +164,6 @@ class Trainer:
         before = parameter_copies(self.model) if measured else None
         if not state.skip:
             self.optimizer.step()
-            if self.lr_total is not None:
-                self.lr_total += state.lr
         if measured:
             state.update_ratio = self._last_update = float(update_ratio(
                 before, dict(self.model.named_parameters()))["update_ratio_total"])
@@ -249,7 +239,7 @@ class Trainer:
                        largest_update=self.largest_update,
                        nearest=self.task.nearest_dependency,
                        initial=(self.step + 1 if step is None else step) <= 1,
-                       lr_total=self.evaluated_lr_total if evaluation is not None else None)
+                       lr_total=self.rates.evaluated if evaluation is not None else None)
 
     def last_update(self) -> float | None:
         """The update ratio of the latest probed step."""
@@ -276,7 +266,7 @@ class Trainer:
             loss, metric = self.dist.broadcast([loss, metric])  # early-stop decision for all
         self.evaluation = Evaluation(self.step, loss, metric, self.task.metric_name,
                                      self.task.solved(metric))
-        self.evaluated_lr_total = self.lr_total
+        self.rates.mark_evaluated()
         self.schedule.observe(metric)
         self.fire("on_eval", self.evaluation)
         return self.evaluation
@@ -287,15 +277,15 @@ class Trainer:
         # Deep copies: state_dict() returns the live tensors that later steps update.
         return copy.deepcopy({"model": self.model.state_dict(),
                               "optimizer": self.optimizer.state_dict(),
-                              "lr_total": self.lr_total})
+                              "lr_total": self.rates.total})
 
     def restore(self, snapshot: dict) -> None:
         self.model.load_state_dict(snapshot["model"])  # copies into the parameters
         # The optimiser adopts the tensors it is given; a copy keeps the snapshot reusable.
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
         # The updates rolled back no longer count (a snapshot of before: unknown).
-        if self.lr_total is not None:
-            self.lr_total = snapshot.get("lr_total")
+        if self.rates.total is not None:
+            self.rates.total = snapshot.get("lr_total")
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly as if never stopped."""
@@ -303,8 +293,7 @@ class Trainer:
         return {"step": self.step, "clipped_steps": self.clipped_steps,
                 "reach_history": list(self.reach_history), "last_update": self._last_update,
                 "faint_history": list(self.faint_history),
-                "largest_update": self.largest_update, "lr_total": self.lr_total,
-                "evaluated_lr_total": self.evaluated_lr_total,
+                "largest_update": self.largest_update, **self.rates.state_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "clipper": self.clipper.state_dict(),
                 "guard": self.guard.state_dict(), "evaluation": evaluation,
@@ -334,11 +323,7 @@ class Trainer:
             if snapshot is not None and not (isinstance(snapshot, dict) and all(
                     isinstance(snapshot.get(part), dict) for part in ("model", "optimizer"))):
                 raise ValueError(f"guard.{key}: must be none or a snapshot (model, optimizer)")
-        for key in ("lr_total", "evaluated_lr_total"):  # optional: older checkpoints lack them
-            value = state.get(key)
-            if value is not None and not (isinstance(value, float | int) and not isinstance(
-                    value, bool) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{key}: must be none or a finite number >= 0, got {value!r}")
+        SummedRate.check_state(state)  # optional: older checkpoints lack its fields
         evaluation = state["evaluation"]
         if evaluation is not None:
             fields = {"step": int, "loss": float, "metric": float, "metric_name": str,
@@ -360,11 +345,7 @@ class Trainer:
         self.faint_history = list(state.get("faint_history", self.reach_history))
         self._last_update = state.get("last_update")
         self.largest_update = state.get("largest_update")
-        # Checkpoints of before kept no summed rate: unknown for the rest of the run.
-        total, evaluated = state.get("lr_total"), state.get("evaluated_lr_total")
-        self.lr_total = float(total) if total is not None and self.lr_total is not None \
-            else None
-        self.evaluated_lr_total = None if evaluated is None else float(evaluated)
+        self.rates.load_state_dict(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

@@ -33,13 +33,14 @@ import torch
 from torch import nn
 
 from rnnscope.checks import choice, integer, number, real
-from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, adaptive, diagnose
+from rnnscope.flow.diagnosis import HISTORY, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.probes import snapshot as parameter_copies
 from rnnscope.flow.probes import update_ratio
 from rnnscope.flow.recording import Recorder
 from rnnscope.numerics import flush_denormal
 from rnnscope.remedies.guard import TrainingDiverged
+from rnnscope.remedies.optim import SummedRate
 from rnnscope.rundir.flowlog import FlowLog
 
 NONFINITE = ("warn", "raise")
@@ -66,15 +67,12 @@ class Watch:
         self.horizon = None if horizon is None else integer("horizon", horizon, 1)
         self.chance = None if chance is None else number("chance", chance, above=0.0)
         self._metric: float | None = None  # the latest held-out metric, via held_out()
-        # The optimiser's rates summed over its steps so far (counted by a hook on its
-        # step: not the backward passes, which gradient accumulation multiplies, nor the
-        # steps an AMP scaler skips), and at the latest held_out(): known for an optimiser
-        # that moves each weight by about its rate (`adaptive`: Adam, AdamW).
+        # The optimiser's rates summed over its steps, and at the latest held_out()
+        # (`SummedRate`: Adam and AdamW; unknown without the optimiser).
         self._optimizer = optimizer
-        self._lr_total: float | None = 0.0 if optimizer is not None and adaptive(optimizer) \
-            else None
-        self._evaluated_lr_total: float | None = None
-        self._step_hook = None
+        self.rates = SummedRate()
+        if optimizer is None:
+            self.rates.total = None
         self.model = model
         self._before: dict | None = None  # the weights a recorded step started from
         self._largest_update: float | None = None  # of the recorded steps so far
@@ -100,8 +98,8 @@ class Watch:
             self.recorder.on_step(self._step_opens)
             self.recorder.on_recorded(self._probe)
             self.recorder.__enter__()
-            if self._lr_total is not None:
-                self._step_hook = self._optimizer.register_step_post_hook(self._stepped)
+            if self._optimizer is not None:
+                self.rates.follow(self._optimizer)
         if self.flush:
             flush_denormal(True)
         self._started = time.perf_counter()
@@ -127,7 +125,7 @@ class Watch:
         value = real("metric", metric)
         # A NaN or inf metric tells nothing of chance; `nonfinite` decides what log does.
         self._metric = value if math.isfinite(value) else None
-        self._evaluated_lr_total = self._lr_total
+        self.rates.mark_evaluated()
         self.log(held_out_metric=value)
 
     def _step_opens(self, step: int, recorded: bool) -> None:
@@ -146,7 +144,7 @@ class Watch:
                                               for _, d in self.history[-HISTORY:]),
                           largest_update=self._largest_update, initial=step <= 1,
                           metric=self._metric, chance=self.chance,
-                          lr_total=self._evaluated_lr_total)
+                          lr_total=self.rates.evaluated)
         if ratio and math.isfinite(ratio):
             self._largest_update = max(self._largest_update or 0.0, ratio)
         return context
@@ -167,18 +165,8 @@ class Watch:
             raise TrainingDiverged(message)
         warnings.warn(message, stacklevel=3)
 
-    def _stepped(self, optimizer, args, kwargs) -> None:
-        """After each step of the optimiser: add the rate it used."""
-        rate = optimizer.param_groups[0]["lr"]
-        if self._lr_total is None or not isinstance(rate, float | int):
-            self._lr_total = None  # a tensor rate is not read (a host sync): unknown
-        else:
-            self._lr_total += rate
-
     def __exit__(self, exc_type, exc, traceback) -> bool:
-        if self._step_hook is not None:
-            self._step_hook.remove()
-            self._step_hook = None
+        self.rates.stop()
         try:
             if self._log is not None:
                 self.recorder.__exit__(exc_type, exc, traceback)
@@ -205,7 +193,7 @@ class Watch:
                               earlier_faint=tuple(d.evidence["reach_faint"] for d in earlier),
                               largest_update=self._largest_update, initial=latest <= 1,
                               metric=self._metric, chance=self.chance,
-                              lr_total=self._evaluated_lr_total)
+                              lr_total=self.rates.evaluated)
             summary.update(diagnose(self.recorder, context=context).report_fields())
         return summary
 

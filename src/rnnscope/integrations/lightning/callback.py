@@ -12,10 +12,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rnnscope.checks import integer, number, real
-from rnnscope.flow.diagnosis import HISTORY, VERDICTS, Context, Diagnosis, adaptive, diagnose
+from rnnscope.flow.diagnosis import HISTORY, VERDICTS, Context, Diagnosis, diagnose
 from rnnscope.flow.gradients import GradientFlow
 from rnnscope.flow.recording import Recorder, record
 from rnnscope.models.recurrent import require_recurrent
+from rnnscope.remedies.optim import SummedRate
 from rnnscope.rundir.flowlog import FlowLog
 from rnnscope.schedules import Every
 
@@ -131,10 +132,8 @@ class GradientFlowCallback(Callback):
                              "chance level) or neither")
         self.reaches: list[int] = []  # the reach at each kept recording, oldest first
         # The first optimiser's rates summed over its steps so far, and at the latest
-        # validation, for Adam and AdamW (`adaptive`); None for others.
-        self.lr_total: float | None = 0.0
-        self.evaluated_lr_total: float | None = None
-        self._step_hook = None
+        # validation (`SummedRate`: Adam and AdamW; None for others).
+        self.rates = SummedRate()
         self.faint_reaches: list[int] = []  # the same, within 1e-6 of the peak
         self.every = integer("every", every, 1)
         self.schedule = Every(self.every, first=True)
@@ -169,52 +168,31 @@ class GradientFlowCallback(Callback):
                        earlier_reach=tuple(self.reaches[-HISTORY:]),
                        earlier_faint=tuple(self.faint_reaches[-HISTORY:]), metric=metric,
                        chance=self.chance,
-                       lr_total=self.evaluated_lr_total if metric is not None else None)
+                       lr_total=self.rates.evaluated if metric is not None else None)
 
     def state_dict(self) -> dict:
         """The reach histories, so that a resumed fit tells the diagnosis the same."""
         return {"reaches": list(self.reaches), "faint_reaches": list(self.faint_reaches),
-                "lr_total": self.lr_total, "evaluated_lr_total": self.evaluated_lr_total}
+                **self.rates.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.reaches = list(state_dict.get("reaches", []))
         self.faint_reaches = list(state_dict.get("faint_reaches", self.reaches))
-        # A state of before kept no summed rate: unknown for the rest of the fit.
-        for key in ("lr_total", "evaluated_lr_total"):
-            value = state_dict.get(key)
-            if value is not None and not (isinstance(value, float | int) and not isinstance(
-                    value, bool) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{key}: must be none or a finite number >= 0, got "
-                                 f"{value!r}")
-            setattr(self, key, None if value is None else float(value))
+        self.rates.load_state_dict(state_dict)  # a state of before: unknown
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Counted after each real step of the first optimiser (a hook on its step: manual
-        # or automatic optimisation alike; a step the AMP scaler skips never runs).
-        optimizers = trainer.optimizers
-        if not optimizers or not adaptive(optimizers[0]):
-            self.lr_total = None
-        elif self.lr_total is not None:
-            self._step_hook = optimizers[0].register_step_post_hook(self._stepped)
-
-    def _stepped(self, optimizer, args, kwargs) -> None:
-        rate = optimizer.param_groups[0]["lr"]
-        if self.lr_total is None or not isinstance(rate, float | int):
-            self.lr_total = None  # a tensor rate is not read (a host sync): unknown
+        # The first optimiser's real steps (manual or automatic optimisation alike).
+        if trainer.optimizers:
+            self.rates.follow(trainer.optimizers[0])
         else:
-            self.lr_total += rate
+            self.rates.total = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._unhook()
-
-    def _unhook(self) -> None:
-        if self._step_hook is not None:
-            self._step_hook.remove()
-            self._step_hook = None
+        self.rates.stop()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:  # the sanity check validates before any update
-            self.evaluated_lr_total = self.lr_total
+            self.rates.mark_evaluated()
 
     def due(self, batch: int) -> bool:
         """Whether training batch `batch` (0-based, across epochs) is recorded: step
@@ -319,7 +297,7 @@ class GradientFlowCallback(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
         self._close()  # the model must not stay unrolled after a failed batch
-        self._unhook()
+        self.rates.stop()
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
         self._write_summary(trainer, status, str(exception).splitlines()[0][:500]
                             if str(exception) else type(exception).__name__)
