@@ -31,11 +31,11 @@ rules the rounds before them shaped). For every verdict that is not
 healthy, its first fix (the flags it prints) is applied and the case trained again with
 the same budget: the fix heals when that run solves the task.
 
-    python benchmarks/doctor.py                # 106 cases, ~460 runs: ~1.4 hours on 2 cores
+    python benchmarks/doctor.py                # 119 cases, ~520 runs: ~1.6 hours on 2 cores
     python benchmarks/doctor.py --quick        # the cases file's quick subset (~15 min)
     python benchmarks/doctor.py --json         # the numbers, machine-readable
     python benchmarks/doctor.py --no-run       # score what --out holds so far
-    python benchmarks/doctor.py --seeds 2      # every case and first fix with seed 1 too (+165)
+    python benchmarks/doctor.py --seeds 2      # every case and first fix with seed 1 too (+184)
 
 Training is chaotic: near the edge of what a setup can learn, the seed decides. With
 `--seeds N` every case is also trained as written with seeds 1 to N-1 (study
