@@ -287,7 +287,7 @@ def print_tables(cases: list[Case], scores: dict) -> None:
     for point in POINTS:
         s = scores["points"][point]
         share = s["heal_share"]
-        # One decimal: the bar is 95%, and 88 of 93 (94.6%) is not it.
+        # One decimal: the bar is 95%, and 99 of 105 (94.3%) is not it.
         print(f"\n{point}: {s['right']}/{s['judged']} verdicts right ({s['accuracy']:.1%}); "
               f"false alarms on cases that solve: {len(s['false_alarms'])}; first fixes "
               f"healed {s['healed']}/{s['fixes']}" + (f" ({share:.1%})" if share else ""))

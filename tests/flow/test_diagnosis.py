@@ -467,6 +467,18 @@ def test_a_tanh_rnn_no_better_than_chance_after_a_normal_run_on_10_to_20_steps_v
     # Over 20 steps back the rule asks less (at chance: above 3/4 of it), so from 21 on the
     # learner's 0.77 counts as stuck.
     assert verdict(horizon=21, metric=0.77 / 6).verdict == "vanishing"
+    assert verdict(horizon=20).evidence["chance_band"] == "near"
+    assert verdict(horizon=20).summary().startswith(
+        "the held-out metric is no better than chance, at 1.25 of chance")
+    assert verdict(horizon=21).evidence["chance_band"] == "far"
+    assert verdict(horizon=21).summary().startswith(
+        "the held-out metric is still at chance, at 1.25 of chance")
+    # A summed rate that is not a number, a chance of 0, a metric that is not: silent.
+    for broken in (float("nan"), float("inf")):
+        assert verdict(lr_total=broken).verdict == "healthy"
+        assert verdict(horizon=27, lr_total=broken).verdict == "healthy"
+    assert verdict(chance=0.0).verdict == "healthy"
+    assert verdict(metric=float("nan")).verdict == "healthy"
 
 
 def test_a_tanh_rnn_not_yet_trained_enough_to_tell_says_so_beside_its_healthy():
@@ -484,18 +496,30 @@ def test_a_tanh_rnn_not_yet_trained_enough_to_tell_says_so_beside_its_healthy():
     initial = read()
     assert initial.verdict == "healthy" and initial.evidence["undecided_until"] == 0.5
     assert initial.summary().endswith(
-        "; but too soon to tell: init, rate and seed decide whether a tanh RNN learns a "
-        "task of 10-49 steps, and whether its held-out metric has left chance after 0.5 of "
-        "summed learning rate (50 updates at 1e-2) tells: `rnnscope diagnose --predict "
-        "--lr 0.01`, or enough --predict-steps at your rate")
+        "; but too soon to tell: whether a tanh RNN learns a task of 10-49 steps depends on "
+        "the task, init, rate and seed more than on what its gradient reaches now, and its "
+        "held-out metric after 0.5 of summed learning rate (50 Adam updates at 1e-2) tells: "
+        "train that far and diagnose again (for rnnscope's tasks, `rnnscope diagnose "
+        "--predict --lr 0.01`)")
     assert "undecided_until" in read(horizon=10).evidence
     assert "undecided_until" in read(horizon=49).evidence
     assert "undecided_until" not in read(horizon=9).evidence
     assert read(horizon=50).verdict == "vanishing"  # the 50-step limit decides
     assert "undecided_until" not in read(horizon=50).evidence
-    assert "undecided_until" not in read(cell="lstm").evidence
-    assert "undecided_until" not in read(cell="gru").evidence
+    for cell in ("lstm", "gru", "rnn_relu", None):
+        assert "undecided_until" not in read(cell=cell).evidence
     assert "undecided_until" not in read(solved=True).evidence
+    # Under truncation the windows' rules decide (and the summed rate never will).
+    windowed = read(window=10, nearest=5)
+    assert windowed.verdict == "healthy" and "undecided_until" not in windowed.evidence
+    assert "undecided_until" in read(window=22).evidence  # a window spanning the task
+    # Only beside a healthy: a short reach on initial weights is vanishing as it was.
+    short = diagnose(flow_from_profile([0.5 ** s for s in range(24)]),
+                     current={"cell": "rnn_tanh"}, context=Context(horizon=22, initial=True))
+    assert short.verdict == "vanishing" and "undecided_until" not in short.evidence
+    assert "too soon" not in short.summary()
+    huge = read(update_ratio=2.0)
+    assert huge.verdict == "exploding" and "undecided_until" not in huge.evidence
     early = {"initial": False, "earlier_reach": (24, 24), "earlier_faint": (24, 24),
              "chance": 0.75}
     assert read(**early, metric=0.7, lr_total=0.05).evidence["undecided_until"] == 0.5
@@ -503,6 +527,13 @@ def test_a_tanh_rnn_not_yet_trained_enough_to_tell_says_so_beside_its_healthy():
     assert "undecided_until" not in read(**early, metric=0.7, lr_total=None).evidence
     assert read(**early, metric=0.7, lr_total=0.5).verdict == "vanishing"  # told: stuck
     assert "undecided_until" not in read(**early, metric=0.7, lr_total=0.5).evidence
+    # Ten updates at 0.05 summed (a rounding short of 0.5) count as 0.5: the rules have
+    # spoken, here at 0.8 of chance and 15 steps back, where the near rule is silent.
+    assert sum([0.05] * 10) < 0.5
+    spoken = read(**early, horizon=15, metric=0.6, lr_total=sum([0.05] * 10))
+    assert spoken.verdict == "healthy" and "undecided_until" not in spoken.evidence
+    for broken in (float("nan"), float("inf"), -0.1):  # not a summed rate: no claim
+        assert "undecided_until" not in read(**early, metric=0.7, lr_total=broken).evidence
     assert "too soon" not in read(horizon=9).summary()
 
 

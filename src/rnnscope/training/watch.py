@@ -220,7 +220,7 @@ def watch(model: nn.Module, out: str | Path, every: int = 100, *, nonfinite: str
     weight moves by about the rate per update) the rates of its steps, summed up to each
     `held_out`, tell the diagnosis how long the model has trained at chance (a tanh RNN
     still at chance after 50 updates at 1e-2 on a task over 20 steps, or no better than
-    chance on one of 10-20, does not learn it).
+    chance on one of 10-20, did not learn it in rnnscope's diagnosis suite).
     """
     return Watch(model, out, every, nonfinite=nonfinite, flush_subnormals=flush_subnormals,
                  cell_state=cell_state, name=name, horizon=horizon, chance=chance,

@@ -113,7 +113,8 @@ class GradientFlowCallback(Callback):
     keep, not for what it reaches now), and, when the (first) optimiser is Adam or
     AdamW, the rates of its steps summed up to the latest validation: how long the
     model has trained at chance (a tanh RNN still at chance after 50 updates at 1e-2 on
-    a task over 20 steps, or no better than chance on one of 10-20, does not learn it).
+    a task over 20 steps, or no better than chance on one of 10-20, did not learn it in
+    rnnscope's diagnosis suite).
     """
 
     def __init__(self, every: int = 100, stop_on_nonfinite: bool = True,
