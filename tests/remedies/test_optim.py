@@ -17,6 +17,7 @@ from rnnscope.remedies.optim import (
     LRSchedule,
     OptimConfig,
     ScheduleConfig,
+    SummedRate,
     build_optimizer,
 )
 
@@ -331,3 +332,32 @@ def test_validation_names_the_field_and_what_it_accepts(make, message):
 def test_ints_are_accepted_for_floats():
     OptimConfig(lr=1, momentum=0, weight_decay=0, eps=1)
     ScheduleConfig(min_lr=0)
+
+
+def test_summed_rate_counts_real_steps_and_keeps_unknown_unknown():
+    """A hook on torch's own Adam: each step() adds the rate in force (a changed rate
+    counts from then on); a rollback rewinds to the snapshot's sum; unknown (forgotten, or
+    an optimiser it does not count) stays unknown, rewound or not; stop() removes the
+    hook."""
+    weight = torch.nn.Parameter(torch.ones(2))
+    adam = torch.optim.Adam([weight], lr=0.01)
+    rates = SummedRate()
+    rates.follow(adam)
+    for _ in range(3):
+        weight.grad = torch.ones(2)
+        adam.step()
+    adam.param_groups[0]["lr"] = 0.005
+    adam.step()
+    assert rates.total == pytest.approx(0.035, rel=1e-12)
+    rates.mark_evaluated()
+    rates.rewind(0.01)  # a rollback to a snapshot taken after the first step
+    assert rates.total == 0.01 and rates.evaluated == pytest.approx(0.035, rel=1e-12)
+    rates.stop()
+    adam.step()
+    assert rates.total == 0.01 and not adam._optimizer_step_post_hooks
+    rates.forget()
+    rates.rewind(0.02)
+    assert rates.total is None
+    sgd_rates = SummedRate()
+    sgd_rates.follow(torch.optim.SGD([weight], lr=0.01))
+    assert sgd_rates.total is None

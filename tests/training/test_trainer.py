@@ -124,8 +124,6 @@ def test_native_engine_records_the_flow_on_the_probe_schedule():
     assert native.train_step().flow is None  # step 3: not on the schedule, fused kernels
 
 
-
-
 @pytest.mark.parametrize(("optim", "known"), [("adam", True), ("rmsprop", False),
                                               ("sgd", False)])
 def test_the_diagnosis_is_told_the_rates_summed_up_to_the_latest_evaluation(optim, known):

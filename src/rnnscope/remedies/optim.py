@@ -111,6 +111,16 @@ class SummedRate:
         else:
             self.total += rate
 
+    def forget(self) -> None:
+        """The sum is unknown (no optimiser to follow), and stays so."""
+        self.total = None
+
+    def rewind(self, total: float | None) -> None:
+        """Back to the sum of a snapshot taken earlier (a rollback undid the updates since);
+        unknown stays unknown."""
+        if self.total is not None:
+            self.total = total
+
     def mark_evaluated(self) -> None:
         """The model was evaluated now: its metric pairs with the sum so far."""
         self.evaluated = self.total

@@ -284,8 +284,7 @@ class Trainer:
         # The optimiser adopts the tensors it is given; a copy keeps the snapshot reusable.
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
         # The updates rolled back no longer count (a snapshot of before: unknown).
-        if self.rates.total is not None:
-            self.rates.total = snapshot.get("lr_total")
+        self.rates.rewind(snapshot.get("lr_total"))
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly as if never stopped."""

@@ -72,7 +72,7 @@ class Watch:
         self._optimizer = optimizer
         self.rates = SummedRate()
         if optimizer is None:
-            self.rates.total = None
+            self.rates.forget()
         self.model = model
         self._before: dict | None = None  # the weights a recorded step started from
         self._largest_update: float | None = None  # of the recorded steps so far

@@ -186,7 +186,7 @@ class GradientFlowCallback(Callback):
         if trainer.optimizers:
             self.rates.follow(trainer.optimizers[0])
         else:
-            self.rates.total = None
+            self.rates.forget()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.rates.stop()
